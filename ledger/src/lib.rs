@@ -1,1 +1,26 @@
-//! placeholder: replaced by the crate owner.
+//! The haproxy-egress event ledger.
+//!
+//! - [`event`]: state events (quarantined, rotated, exit IP changed, ...), append-only in Postgres;
+//! - [`attribution`]: aggregated "client used server/exit IP in this window" rows;
+//! - [`store`]: the Postgres store: batched writes, the exit-IP timeline, the `who` and `history` queries;
+//! - [`writer`]: the background writer with outage spooling ([`spool`]) and its metrics;
+//! - [`output`]: tables and JSON for the CLI, time and duration parsing.
+//!
+//! Schema: `migrations/`; design notes, query plans and figures: `docs/ledger.md`.
+#![forbid(unsafe_code)]
+
+pub mod attribution;
+pub mod error;
+pub mod event;
+mod metrics;
+pub mod output;
+pub mod spool;
+pub mod store;
+pub mod writer;
+
+pub use attribution::{AttributionRow, ClientHash};
+pub use error::LedgerError;
+pub use event::{Actor, Event, EventKind};
+pub use metrics::ShedReason;
+pub use store::{ExitIpInterval, ServerRef, Store, StoreOptions, WhoClientRow, WhoIpRow};
+pub use writer::{LedgerHandle, LedgerWriter, WriterConfig, WriterStats};

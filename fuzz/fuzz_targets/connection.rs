@@ -1,0 +1,6 @@
+//! cargo-fuzz target: `egress_spoa::fuzzing::connection` (the same function the corpus-replay test runs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    egress_spoa::fuzzing::connection(data);
+});

@@ -1,0 +1,349 @@
+//! One SPOP connection: a sans-IO state machine ([`Session`]: AwaitHello → Ready → Closing) and the
+//! async loop that feeds it ([`serve_connection`]).
+//!
+//! The handlers are synchronous and cheap, so NOTIFYs are answered inline while decoding a read
+//! batch: one read, every complete frame handled, every ACK appended to one buffer, one write
+//! (whole frames only; never a frame split across writes, haproxy#3478). ACK order is whatever the
+//! handlers produce; SPOP with `pipelining` allows any order, always echoing (stream-id, frame-id).
+//! `max_inflight` bounds how many NOTIFYs are answered before the ACKs are flushed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::SpopCodec;
+use crate::frame::ack::AckWriter;
+use crate::frame::{
+    AgentHello, Disconnect, Frame, FrameType, HaproxyHello, Notify, Scope, Status, TypedData,
+};
+use crate::handler::{Agent, ConnHandler, VAR_STATUS};
+use crate::metrics::Metrics;
+
+/// Where the connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for HAPROXY-HELLO.
+    AwaitHello,
+    /// Handshake done; NOTIFYs are answered.
+    Ready,
+    /// A DISCONNECT (or health-check HELLO reply) was queued: flush and close.
+    Closing,
+}
+
+/// What the caller should do after [`Session::process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Every complete frame was handled: flush, then read more.
+    NeedInput,
+    /// `max_inflight` NOTIFYs were handled: flush, then call `process` again before reading.
+    Yield,
+    /// Flush, then close the socket.
+    Close,
+}
+
+/// Only `pipelining`: never `async` (2.x would expect ACKs on any connection) nor `fragmentation`.
+pub const CAPABILITIES: &str = "pipelining";
+
+/// The SPOP state machine of one connection, without I/O.
+#[derive(Debug)]
+pub struct Session {
+    state: State,
+    codec: SpopCodec,
+    ours_max: u32,
+    handler: ConnHandler,
+    metrics: Arc<Metrics>,
+}
+
+impl Session {
+    /// A fresh connection; `max_frame_size` is our limit (negotiated down to HAProxy's).
+    pub fn new(agent: Arc<Agent>, max_frame_size: u32) -> Self {
+        let metrics = agent.metrics().clone();
+        Session {
+            state: State::AwaitHello,
+            codec: SpopCodec::new(max_frame_size),
+            ours_max: max_frame_size,
+            handler: ConnHandler::new(agent),
+            metrics,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The max-frame-size in force (ours before the HELLO, the negotiated one after).
+    pub fn max_frame_size(&self) -> u32 {
+        self.codec.max_frame_size()
+    }
+
+    /// Handle every complete frame in `input` (at most `max_inflight` NOTIFYs), appending reply
+    /// frames to `out`.
+    pub fn process(&mut self, input: &mut BytesMut, out: &mut BytesMut, max_inflight: usize) -> Step {
+        if self.state == State::Closing {
+            return Step::Close;
+        }
+        self.handler.begin_batch();
+        let mut notifies = 0u64;
+        // One clock read per NOTIFY: each one's time runs from the end of the previous frame
+        // (so it covers its decode and its handling).
+        let mut mark = Instant::now();
+        let step = loop {
+            if notifies as usize >= max_inflight {
+                break Step::Yield;
+            }
+            match self.codec.decode(input) {
+                Ok(None) => break Step::NeedInput,
+                Ok(Some(frame)) => {
+                    let is_notify = frame.kind == FrameType::Notify;
+                    if !is_notify {
+                        self.metrics.frame_received(frame.kind);
+                    }
+                    self.on_frame(frame, out);
+                    if is_notify {
+                        notifies += 1;
+                        let now = Instant::now();
+                        self.metrics
+                            .notify_seconds
+                            .observe(now.duration_since(mark).as_secs_f64());
+                        mark = now;
+                    } else {
+                        mark = Instant::now();
+                    }
+                    if self.state == State::Closing {
+                        break Step::Close;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "undecodable SPOP frame");
+                    self.close(error.status(), out);
+                    break Step::Close;
+                }
+            }
+        };
+        self.handler.end_batch();
+        if notifies > 0 {
+            self.metrics.notify_received.inc_by(notifies);
+        }
+        step
+    }
+
+    /// End the connection from our side: queue an AGENT-DISCONNECT with `status` (unless the
+    /// handshake never happened and there is nothing to say) and move to Closing.
+    pub fn close(&mut self, status: Status, out: &mut BytesMut) {
+        if self.state == State::Closing {
+            return;
+        }
+        // max-frame-size is ≥ 256 on both sides; a DISCONNECT with a table reason always fits.
+        if Disconnect::agent(status)
+            .encode(FrameType::AgentDisconnect, out, self.codec.max_frame_size())
+            .is_ok()
+        {
+            self.metrics.frame_sent(FrameType::AgentDisconnect);
+            self.metrics.disconnect(true, status);
+        }
+        self.state = State::Closing;
+    }
+
+    fn on_frame(&mut self, frame: Frame, out: &mut BytesMut) {
+        match (self.state, frame.kind) {
+            (_, FrameType::Unknown(_)) => {} // "Unknown frames may be silently skipped"
+            (_, FrameType::HaproxyDisconnect) => {
+                let status = Disconnect::parse(&frame.payload)
+                    .map(|d| d.status)
+                    .unwrap_or(Status::UNKNOWN);
+                self.metrics.disconnect(false, status);
+                tracing::debug!(status = status.0, "HAPROXY-DISCONNECT received");
+                // "HAProxy will wait an AGENT-DISCONNECT frame in reply."
+                self.close(Status::NORMAL, out);
+            }
+            (State::AwaitHello, FrameType::HaproxyHello) => self.on_hello(&frame, out),
+            (State::Ready, FrameType::Notify) => self.on_notify(&frame, out),
+            // A NOTIFY before the HELLO, a second HELLO, or a frame type only agents send.
+            _ => self.close(Status::INVALID, out),
+        }
+    }
+
+    fn on_hello(&mut self, frame: &Frame, out: &mut BytesMut) {
+        if !frame.flags.fin() {
+            return self.close(Status::FRAGMENTATION, out);
+        }
+        let hello = match HaproxyHello::parse(&frame.payload) {
+            Ok(h) => h,
+            Err(_) => return self.close(Status::INVALID, out),
+        };
+        let max = match hello.negotiate(self.ours_max) {
+            Ok(m) => m,
+            Err(status) => return self.close(status, out),
+        };
+        let reply = AgentHello {
+            max_frame_size: max,
+            capabilities: CAPABILITIES,
+        };
+        if reply.encode(out, max).is_err() {
+            return self.close(Status::RESOURCE, out);
+        }
+        self.metrics.frame_sent(FrameType::AgentHello);
+        self.codec.set_max_frame_size(max);
+        if hello.healthcheck {
+            // "the agent can safely close the connection without DISCONNECT frame".
+            self.state = State::Closing;
+        } else {
+            self.state = State::Ready;
+        }
+    }
+
+    fn on_notify(&mut self, frame: &Frame, out: &mut BytesMut) {
+        // 3.x: "the FIN flag must be set on all frames"; fragmentation was never negotiated.
+        if !frame.flags.fin() {
+            return self.close(Status::FRAGMENTATION, out);
+        }
+        if frame.flags.abort() {
+            return; // an aborted (fragmented) NOTIFY expects no ACK
+        }
+        let notify = match Notify::parse(&frame.payload) {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::debug!(%error, sid = frame.stream_id, fid = frame.frame_id, "malformed NOTIFY");
+                return self.close(Status::INVALID, out);
+            }
+        };
+        let max = self.codec.max_frame_size();
+        let mut ack = AckWriter::begin(out, frame.stream_id, frame.frame_id);
+        self.handler.handle(&notify, &mut ack);
+        if ack.finish(max).is_err() {
+            // Too many messages to answer within max-frame-size: answer something that fits.
+            let mut small = AckWriter::begin(out, frame.stream_id, frame.frame_id);
+            small.push(crate::frame::Action::SetVar {
+                scope: Scope::Txn,
+                name: VAR_STATUS,
+                value: TypedData::String(b"ack-too-big"),
+            });
+            if small.finish(max).is_err() {
+                return self.close(Status::RESOURCE, out);
+            }
+        }
+        self.metrics.ack_sent.inc();
+    }
+}
+
+/// Per-connection limits and deadlines.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionConfig {
+    /// Our max-frame-size (256..=16380 is what HAProxy can use).
+    pub max_frame_size: u32,
+    /// NOTIFYs answered before the ACKs are flushed.
+    pub max_inflight: usize,
+    /// Deadline for the HAPROXY-HELLO, from accept.
+    pub hello_timeout: Duration,
+    /// A connection with nothing to read for this long is closed (AGENT-DISCONNECT status 2).
+    pub idle_timeout: Duration,
+    /// Deadline for one write.
+    pub write_timeout: Duration,
+    /// After shutdown: close once the connection has been quiet this long.
+    pub drain_quiet: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            max_frame_size: crate::frame::DEFAULT_MAX_FRAME_SIZE,
+            max_inflight: 64,
+            hello_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(10),
+            drain_quiet: Duration::from_millis(100),
+        }
+    }
+}
+
+const READ_CHUNK: usize = 32 * 1024;
+
+fn is_reset(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
+}
+
+/// Serve one SPOP connection until it closes. After `shutdown`, the in-flight NOTIFYs are still
+/// answered; the connection ends with AGENT-DISCONNECT (status 0) once it has gone quiet.
+pub async fn serve_connection<S>(
+    mut stream: S,
+    agent: Arc<Agent>,
+    cfg: ConnectionConfig,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let metrics = agent.metrics().clone();
+    let mut session = Session::new(agent, cfg.max_frame_size);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    let hello_deadline = tokio::time::Instant::now() + cfg.hello_timeout;
+    let mut draining = false;
+    loop {
+        let step = session.process(&mut rbuf, &mut wbuf, cfg.max_inflight.max(1));
+        if !wbuf.is_empty() {
+            match tokio::time::timeout(cfg.write_timeout, stream.write_all(&wbuf)).await {
+                Ok(Ok(())) => wbuf.clear(),
+                Ok(Err(error)) => {
+                    if !is_reset(&error) {
+                        metrics.io_errors.inc();
+                        tracing::debug!(%error, "SPOP write failed");
+                    }
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("SPOP write timed out");
+                    return;
+                }
+            }
+        }
+        match step {
+            Step::Close => break,
+            Step::Yield => continue,
+            Step::NeedInput => {}
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let deadline = match session.state() {
+            State::AwaitHello => hello_deadline,
+            _ if draining => tokio::time::Instant::now() + cfg.drain_quiet,
+            _ => tokio::time::Instant::now() + cfg.idle_timeout,
+        };
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut rbuf)) => match r {
+                Ok(Ok(0)) => return, // EOF: a normal close (3.x may just close idle connections)
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    if !is_reset(&error) {
+                        metrics.io_errors.inc();
+                        tracing::debug!(%error, "SPOP read failed");
+                    }
+                    return;
+                }
+                Err(_) => {
+                    let status = if draining { Status::NORMAL } else { Status::TIMEOUT };
+                    if session.state() == State::AwaitHello {
+                        tracing::debug!("no HAPROXY-HELLO before the deadline");
+                    }
+                    session.close(status, &mut wbuf);
+                }
+            },
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                if session.state() == State::AwaitHello {
+                    session.close(Status::NORMAL, &mut wbuf);
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(cfg.write_timeout, stream.shutdown()).await;
+}

@@ -1,0 +1,268 @@
+//! The current exit IP of each (backend, server): a read-mostly map swapped whole by a background
+//! refresher. Lookups never wait for the refresher: each connection keeps a snapshot and re-reads
+//! it only when the generation counter moves.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// The future an [`ExitIpSource`] returns.
+pub type LoadFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<HashMap<(String, String), IpAddr>, String>> + Send + 'a>>;
+
+/// Where the exit IPs come from (a file now; the ledger later).
+pub trait ExitIpSource: Send + Sync {
+    /// Load the whole (backend, server) → exit IP map.
+    fn load(&self) -> LoadFuture<'_>;
+}
+
+/// backend → server → IP, so lookups borrow `&str` without building a tuple key.
+pub type Snapshot = HashMap<String, HashMap<String, IpAddr>>;
+
+/// The shared map.
+#[derive(Debug, Default)]
+pub struct ExitIps {
+    current: RwLock<Arc<Snapshot>>,
+    generation: AtomicU64,
+}
+
+impl ExitIps {
+    /// An empty map (every lookup answers `None` until the first refresh).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replace the whole map.
+    pub fn replace(&self, map: HashMap<(String, String), IpAddr>) {
+        let mut snap: Snapshot = HashMap::new();
+        for ((backend, server), ip) in map {
+            snap.entry(backend).or_default().insert(server, ip);
+        }
+        let snap = Arc::new(snap);
+        // A poisoned lock only means a panic elsewhere while swapping an Arc: the data is intact.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snap;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current generation; changes on every [`ExitIps::replace`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Look one server up in the current snapshot (tests and one-off callers; connections use
+    /// [`CachedExitIps`]).
+    pub fn get(&self, backend: &str, server: &str) -> Option<IpAddr> {
+        lookup(&self.snapshot(), backend, server)
+    }
+
+    /// Refresh from `source` every `every` until `shutdown`. A failed load keeps the previous map.
+    pub async fn run_refresher(
+        self: Arc<Self>,
+        source: Arc<dyn ExitIpSource>,
+        every: Duration,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            // Bounded: a hung source must not stall refreshes forever.
+            match tokio::time::timeout(every.max(Duration::from_secs(1)), source.load()).await {
+                Ok(Ok(map)) => {
+                    metrics.exit_ip_entries.set(map.len() as i64);
+                    self.replace(map);
+                }
+                Ok(Err(error)) => {
+                    metrics.exit_ip_refresh_failures.inc();
+                    tracing::warn!(%error, "exit-IP refresh failed; keeping the previous map");
+                }
+                Err(_) => {
+                    metrics.exit_ip_refresh_failures.inc();
+                    tracing::warn!("exit-IP refresh timed out; keeping the previous map");
+                }
+            }
+        }
+    }
+}
+
+fn lookup(snap: &Snapshot, backend: &str, server: &str) -> Option<IpAddr> {
+    snap.get(backend)?.get(server).copied()
+}
+
+/// A per-connection view: one atomic load per batch, no lock on the request path.
+#[derive(Debug)]
+pub struct CachedExitIps {
+    shared: Arc<ExitIps>,
+    generation: u64,
+    snap: Arc<Snapshot>,
+}
+
+impl CachedExitIps {
+    /// A cache over `shared`.
+    pub fn new(shared: Arc<ExitIps>) -> Self {
+        let generation = shared.generation();
+        let snap = shared.snapshot();
+        CachedExitIps {
+            shared,
+            generation,
+            snap,
+        }
+    }
+
+    /// Pick up a newer map if there is one; `true` if it changed.
+    pub fn refresh(&mut self) -> bool {
+        let g = self.shared.generation();
+        if g == self.generation {
+            return false;
+        }
+        self.generation = g;
+        self.snap = self.shared.snapshot();
+        true
+    }
+
+    /// The exit IP of `backend`/`server` in the cached snapshot.
+    pub fn get(&self, backend: &str, server: &str) -> Option<IpAddr> {
+        lookup(&self.snap, backend, server)
+    }
+}
+
+/// Largest exit-IP file read.
+const MAX_FILE: u64 = 4 << 20;
+
+/// A text file of `backend server ip` lines (whitespace-separated, `#` comments), e.g. written by
+/// the checker or an operator.
+#[derive(Clone, Debug)]
+pub struct FileExitIpSource {
+    path: PathBuf,
+}
+
+impl FileExitIpSource {
+    /// A source reading `path` on every refresh.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileExitIpSource { path: path.into() }
+    }
+}
+
+/// Parse the `backend server ip` text format.
+pub fn parse_exit_ip_lines(text: &str) -> Result<HashMap<(String, String), IpAddr>, String> {
+    let mut map = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [backend, server, ip] = fields[..] else {
+            return Err(format!(
+                "line {}: want `backend server ip`, got {} fields",
+                n + 1,
+                fields.len()
+            ));
+        };
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|e| format!("line {}: bad IP {ip:?}: {e}", n + 1))?;
+        map.insert((backend.to_owned(), server.to_owned()), ip);
+    }
+    Ok(map)
+}
+
+impl ExitIpSource for FileExitIpSource {
+    fn load(&self) -> LoadFuture<'_> {
+        Box::pin(async move {
+            let meta = tokio::fs::metadata(&self.path)
+                .await
+                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+            if meta.len() > MAX_FILE {
+                return Err(format!("{}: larger than {MAX_FILE} bytes", self.path.display()));
+            }
+            let text = tokio::fs::read_to_string(&self.path)
+                .await
+                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+            parse_exit_ip_lines(&text)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lines_and_reports_bad_ones() {
+        let m =
+            parse_exit_ip_lines("# pool\negress s1 203.0.113.7\n\n egress  s2 2001:db8::1 # kr\n").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&("egress".into(), "s1".into())], IpAddr::from([203, 0, 113, 7]));
+        assert!(parse_exit_ip_lines("egress s1").unwrap_err().contains("line 1"));
+        assert!(
+            parse_exit_ip_lines("a b 1.1.1.1\negress s1 nope")
+                .unwrap_err()
+                .contains("line 2")
+        );
+    }
+
+    #[test]
+    fn cached_view_follows_replacements() {
+        let shared = Arc::new(ExitIps::new());
+        let mut cache = CachedExitIps::new(shared.clone());
+        assert_eq!(cache.get("be", "s1"), None);
+        shared.replace(HashMap::from([(
+            ("be".into(), "s1".into()),
+            IpAddr::from([1, 2, 3, 4]),
+        )]));
+        assert_eq!(cache.get("be", "s1"), None, "stale until refresh()");
+        cache.refresh();
+        assert_eq!(cache.get("be", "s1"), Some(IpAddr::from([1, 2, 3, 4])));
+        assert_eq!(shared.get("be", "s1"), Some(IpAddr::from([1, 2, 3, 4])));
+    }
+
+    #[tokio::test]
+    async fn refresher_loads_the_file_and_keeps_the_old_map_on_errors() {
+        let dir = std::env::temp_dir().join(format!("egress-spoa-exit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("exit-ips");
+        std::fs::write(&path, "be s1 10.1.1.1\n").unwrap();
+        let shared = Arc::new(ExitIps::new());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(shared.clone().run_refresher(
+            Arc::new(FileExitIpSource::new(&path)),
+            Duration::from_millis(20),
+            stop.clone(),
+            metrics.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while shared.get("be", "s1").is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(shared.get("be", "s1"), Some(IpAddr::from([10, 1, 1, 1])));
+        std::fs::write(&path, "garbage\n").unwrap();
+        while metrics.exit_ip_refresh_failures.get() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(metrics.exit_ip_refresh_failures.get() > 0);
+        assert_eq!(shared.get("be", "s1"), Some(IpAddr::from([10, 1, 1, 1])));
+        stop.cancel();
+        task.await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,94 @@
+//! The ledger behind the agent: aggregated attribution rows go to the ledger writer (batched,
+//! off the request path, shed and counted under pressure), and the exit-IP map is refreshed from the
+//! ledger's exit-IP timeline.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use egress_ledger::{LedgerHandle, Store};
+
+use crate::attribution::{AttributionRow, AttributionSink};
+use crate::exit_ip::{ExitIpSource, LoadFuture};
+
+/// Hands closed attribution windows to the ledger writer.
+#[derive(Clone, Debug)]
+pub struct LedgerSink {
+    ledger: LedgerHandle,
+}
+
+impl LedgerSink {
+    /// Submit through `ledger`.
+    pub fn new(ledger: LedgerHandle) -> Self {
+        Self { ledger }
+    }
+}
+
+fn row(r: AttributionRow) -> egress_ledger::AttributionRow {
+    egress_ledger::AttributionRow {
+        client_hash: r.client_hash,
+        backend: r.backend.to_string(),
+        server: r.server.to_string(),
+        exit_ip: r.exit_ip,
+        window_start: DateTime::<Utc>::from(r.window_start),
+        first_seen: DateTime::<Utc>::from(r.first_seen),
+        last_seen: DateTime::<Utc>::from(r.last_seen),
+        requests: r.requests,
+    }
+}
+
+impl AttributionSink for LedgerSink {
+    fn submit(&self, rows: Vec<AttributionRow>) {
+        // Never blocks: the writer sheds (and counts) what it cannot hold.
+        self.ledger.submit_attribution(rows.into_iter().map(row).collect());
+    }
+}
+
+/// Reads every server's current exit IP from the ledger's timeline.
+#[derive(Clone, Debug)]
+pub struct LedgerExitIps {
+    store: Arc<Store>,
+}
+
+impl LedgerExitIps {
+    /// Query through `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store: Arc::new(store) }
+    }
+}
+
+impl ExitIpSource for LedgerExitIps {
+    fn load(&self) -> LoadFuture<'_> {
+        Box::pin(async move { self.store.current_exit_ips().await.map_err(|e| e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egress_common::client_hash::ClientHash;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rows_keep_every_field() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let r = AttributionRow {
+            client_hash: ClientHash(0xdead_beef),
+            backend: "egress".into(),
+            server: "g01".into(),
+            exit_ip: Some("127.0.0.2".parse().unwrap()),
+            window_start: t0,
+            first_seen: t0 + Duration::from_millis(1500),
+            last_seen: t0 + Duration::from_secs(59),
+            requests: 7,
+        };
+        let l = row(r);
+        assert_eq!(l.client_hash, ClientHash(0xdead_beef));
+        assert_eq!((l.backend.as_str(), l.server.as_str()), ("egress", "g01"));
+        assert_eq!(l.exit_ip, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(l.window_start.timestamp(), 1_800_000_000);
+        assert_eq!(l.first_seen.timestamp_millis(), 1_800_000_001_500);
+        assert_eq!(l.last_seen.timestamp(), 1_800_000_059);
+        assert_eq!(l.requests, 7);
+        assert!(l.is_valid());
+    }
+}

@@ -1,0 +1,135 @@
+//! Blocking client helpers for tests: open a CONNECT tunnel (optionally from a chosen loopback source
+//! address) and ask the echo server which address it sees, over HTTP or HTTPS.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use socket2::{Domain, Socket, Type};
+
+use crate::echo::EchoServer;
+
+/// The deadline used for each step (connect, CONNECT answer, request, response) by the helpers below.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// A TCP connection to `to`, from `source` (port chosen by the kernel) when given.
+pub fn connect_from(source: Option<Ipv4Addr>, to: SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    if let Some(ip) = source {
+        socket
+            .bind(&SocketAddr::from((ip, 0)).into())
+            .with_context(|| format!("binding {ip}:0"))?;
+    }
+    socket
+        .connect_timeout(&to.into(), STEP_TIMEOUT)
+        .with_context(|| format!("connecting to {to}"))?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(STEP_TIMEOUT))?;
+    stream.set_write_timeout(Some(STEP_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Sends `CONNECT <target> HTTP/1.1` and reads the answer's head (byte by byte, so no tunnel byte is
+/// consumed). Returns the status code and the stream.
+pub fn connect_request(mut stream: TcpStream, target: &str) -> anyhow::Result<(u16, TcpStream)> {
+    write!(stream, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").context("sending CONNECT")?;
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        anyhow::ensure!(head.len() < 8192, "CONNECT answer head larger than 8 KiB");
+        let n = stream.read(&mut byte).context("reading the CONNECT answer")?;
+        anyhow::ensure!(n == 1, "proxy closed the connection before answering CONNECT");
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| anyhow::anyhow!("malformed CONNECT answer: {text:?}"))?;
+    Ok((status, stream))
+}
+
+/// A CONNECT tunnel to `target` through `proxy`, from `source` when given; an error unless 2xx.
+pub fn connect_tunnel(
+    proxy: SocketAddr,
+    target: &str,
+    source: Option<Ipv4Addr>,
+) -> anyhow::Result<TcpStream> {
+    let (status, stream) = connect_request(connect_from(source, proxy)?, target)?;
+    anyhow::ensure!(
+        (200..300).contains(&status),
+        "CONNECT {target} via {proxy} answered {status}"
+    );
+    Ok(stream)
+}
+
+/// `GET <path>` over an open stream (plain or TLS); returns the body. Reads to EOF (the echo closes).
+pub fn http_get<S: std::io::Read + std::io::Write>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<String> {
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .context("sending GET")?;
+    stream.flush()?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            // rustls reports a peer that closes without close_notify this way; the body is complete.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e).context("reading the response"),
+        }
+        anyhow::ensure!(
+            response.len() <= MAX_RESPONSE,
+            "response larger than {MAX_RESPONSE} bytes"
+        );
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path} answered {head:?}");
+    Ok(body.to_owned())
+}
+
+/// Through `proxy` (from `source` when given), asks the echo's plain HTTP listener which address it
+/// sees: the proxy's exit address.
+pub fn echo_ip_via_proxy(
+    proxy: SocketAddr,
+    echo: &EchoServer,
+    source: Option<Ipv4Addr>,
+) -> anyhow::Result<String> {
+    let target = echo.http_addr().to_string();
+    let mut tunnel = connect_tunnel(proxy, &target, source)?;
+    http_get(&mut tunnel, &target, "/")
+}
+
+/// As [`echo_ip_via_proxy`], over TLS verified against the echo's CA for "echo.test".
+pub fn echo_ip_via_proxy_tls(
+    proxy: SocketAddr,
+    echo: &EchoServer,
+    source: Option<Ipv4Addr>,
+) -> anyhow::Result<String> {
+    let target = echo.https_addr().to_string();
+    let tunnel = connect_tunnel(proxy, &target, source)?;
+    let name = rustls::pki_types::ServerName::try_from(echo.server_name().to_owned())?;
+    let conn = rustls::ClientConnection::new(echo.client_config()?, name)?;
+    let mut tls = rustls::StreamOwned::new(conn, tunnel);
+    http_get(&mut tls, echo.server_name(), "/")
+}
+
+/// Asks the echo directly (no proxy), from `source` when given.
+pub fn echo_ip_direct(echo: &EchoServer, source: Option<Ipv4Addr>) -> anyhow::Result<String> {
+    let mut stream = connect_from(source, echo.http_addr())?;
+    http_get(&mut stream, &echo.http_addr().to_string(), "/")
+}

@@ -1,0 +1,500 @@
+//! egress-checker against the real HAProxy 2.6: tinyproxy backends (each with its own exit address),
+//! fault backends, the echo target, and the checker binary feeding HAProxy through agent-check.
+//!
+//! Build the binary first: `cargo build -p egress-checker --bins`. Timings measured here are printed
+//! (`--nocapture`) as `FIGURE ...` lines.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use egress_e2e::client::{echo_ip_direct, echo_ip_via_proxy};
+use egress_e2e::echo::EchoServer;
+use egress_e2e::fault::{FaultBackend, FaultMode};
+use egress_e2e::haproxy::{GLOBAL, Haproxy};
+use egress_e2e::process::{ChildSpec, ManagedChild};
+use egress_e2e::tinyproxy::Tinyproxy;
+use egress_e2e::{bins::bin_path, ports::free_port, wait_until};
+
+const BACKEND: &str = "egress";
+
+/// A server line per the shipped template: agent-check through the checker, plus a plain `check` as
+/// the second line of defence. `weight 100` so that agent `N%` has room (10 % of weight 1 is 0).
+fn haproxy_config(servers: &[(&str, SocketAddr)], agent_port: u16) -> String {
+    let mut cfg = format!(
+        "{GLOBAL}
+listen {BACKEND}
+    mode tcp
+    bind 127.0.0.1:{{{{PORT0}}}}
+    balance source
+    hash-type consistent
+    default-server weight 100 check inter 500ms fall 3 rise 2 agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 500ms
+"
+    );
+    for (name, addr) in servers {
+        cfg.push_str(&format!(
+            "    server {name} {addr} agent-send \"{BACKEND}/{name}\\n\"\n"
+        ));
+    }
+    cfg
+}
+
+struct Checker {
+    child: ManagedChild,
+    _dir: tempfile::TempDir,
+}
+
+fn start_checker(haproxy: &Haproxy, agent_port: u16, targets: &str, extra: &str) -> anyhow::Result<Checker> {
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[backends]\nruntime_api = \"unix:{}\"\nnames = [\"{BACKEND}\"]\nrefresh = \"2s\"\n{extra}\n{targets}",
+        haproxy.runtime_socket().display()
+    );
+    let path = dir.path().join("checker.toml");
+    std::fs::write(&path, config)?;
+    let mut cmd = Command::new(bin_path("egress-checker")?);
+    cmd.arg("--config")
+        .arg(&path)
+        .arg("--log")
+        .arg("info,egress_checker=debug")
+        .arg("run")
+        .arg("--agent-listen")
+        .arg(format!("127.0.0.1:{agent_port}"))
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{}", free_port()?));
+    let child = ChildSpec::new("egress-checker", cmd).spawn()?;
+    Ok(Checker { child, _dir: dir })
+}
+
+/// The echo's CA in a temp file (kept until the returned dir drops).
+fn write_ca(echo: &EchoServer) -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ca.pem");
+    std::fs::write(&path, echo.ca_pem())?;
+    Ok((dir, path))
+}
+
+/// Two targets (plain HTTP and verified HTTPS through the tunnel), as the issue asks.
+fn targets(echo: &EchoServer, ca: &Path) -> String {
+    format!(
+        "[tls]\nca_file = {:?}\n[[targets]]\naddress = \"{}\"\n[[targets]]\naddress = \"{}\"\ntls = true\nserver_name = \"{}\"\n",
+        ca,
+        echo.http_addr(),
+        echo.https_addr(),
+        echo.server_name()
+    )
+}
+
+fn row(h: &Haproxy, server: &str) -> HashMap<String, String> {
+    h.stat(BACKEND, server).ok().flatten().unwrap_or_default()
+}
+
+fn status(h: &Haproxy, server: &str) -> String {
+    row(h, server).get("status").cloned().unwrap_or_default()
+}
+
+fn field(h: &Haproxy, server: &str, f: &str) -> String {
+    row(h, server).get(f).cloned().unwrap_or_default()
+}
+
+fn wait_status(h: &Haproxy, server: &str, want: &str, within: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    wait_until(within, || status(h, server) == want).then(|| t.elapsed())
+}
+
+fn wait_all_up(h: &Haproxy, servers: &[&str]) {
+    for s in servers {
+        assert!(
+            wait_status(h, s, "UP", Duration::from_secs(10)).is_some(),
+            "{s} never UP: {:?}\n{}",
+            row(h, s),
+            h.logs()
+        );
+    }
+}
+
+fn front(h: &Haproxy) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, h.port(0)))
+}
+
+/// The exit IP a client from `src` gets through HAProxy.
+fn exit_of(h: &Haproxy, echo: &EchoServer, src: Ipv4Addr) -> String {
+    echo_ip_via_proxy(front(h), echo, Some(src))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|e| format!("error: {e:#}"))
+}
+
+fn clients() -> Vec<Ipv4Addr> {
+    (1..=60).map(|i| Ipv4Addr::new(127, 0, 1, i)).collect()
+}
+
+#[test]
+fn dead_tunnel_goes_down_via_agent_while_l4_check_passes_and_clients_move_and_return() -> anyhow::Result<()> {
+    let echo = EchoServer::start()?;
+    let (_ca_dir, ca) = write_ca(&echo)?;
+    let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    let f1 = FaultBackend::start(FaultMode::Forward)?;
+    let agent_port = free_port()?;
+    let h = Haproxy::start(&haproxy_config(
+        &[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())],
+        agent_port,
+    ))?;
+    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    wait_all_up(&h, &["t1", "t2", "f1"]);
+
+    // f1's exit address is the harness's own (127.0.0.1); find clients hashed to it.
+    let before: HashMap<Ipv4Addr, String> = clients()
+        .into_iter()
+        .map(|c| (c, exit_of(&h, &echo, c)))
+        .collect();
+    let on_f1: Vec<Ipv4Addr> = before
+        .iter()
+        .filter(|(_, ip)| *ip == "127.0.0.1")
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(!on_f1.is_empty(), "no client hashed to f1: {before:?}");
+
+    // The tunnel dies: f1 still accepts TCP but answers CONNECT with 503.
+    f1.set_mode(FaultMode::Status(503))?;
+    let took = wait_status(&h, "f1", "DOWN (agent)", Duration::from_secs(10));
+    assert!(took.is_some(), "f1 not DOWN via agent: {:?}", row(&h, "f1"));
+    println!(
+        "FIGURE fault-to-DOWN connect-status-503: {:?}",
+        took.unwrap_or_default()
+    );
+    // HAProxy's own check still passes: it alone would never see the dead tunnel.
+    assert_eq!(field(&h, "f1", "check_status"), "L4OK", "{:?}", row(&h, "f1"));
+    assert!(
+        field(&h, "f1", "last_agt").contains("connect-status-503"),
+        "{:?}",
+        row(&h, "f1")
+    );
+    for c in &on_f1 {
+        let now = exit_of(&h, &echo, *c);
+        assert!(
+            now == "127.0.0.2" || now == "127.0.0.3",
+            "client {c} not moved: {now}"
+        );
+    }
+    // Clients of other servers did not move (consistent hashing).
+    for (c, ip) in &before {
+        if ip != "127.0.0.1" {
+            assert_eq!(
+                &exit_of(&h, &echo, *c),
+                ip,
+                "client {c} moved although its server is fine"
+            );
+        }
+    }
+
+    // Restore: one good probe brings it back (ramping), and its clients come home.
+    f1.set_mode(FaultMode::Forward)?;
+    let took = wait_status(&h, "f1", "UP", Duration::from_secs(10));
+    assert!(took.is_some(), "f1 not UP again: {:?}", row(&h, "f1"));
+    println!("FIGURE fault-cleared-to-UP: {:?}", took.unwrap_or_default());
+    // The ramp shows as a reduced weight first (agent N% of 100); with consistent hashing a lower
+    // weight is a smaller share of the ring, so clients come home as the ramp completes.
+    let w: u32 = field(&h, "f1", "weight").parse().unwrap_or(0);
+    assert!(w < 100, "weight right after restore should be ramping, got {w}");
+    assert!(
+        wait_until(Duration::from_secs(15), || field(&h, "f1", "weight") == "100"),
+        "ramp never reached 100"
+    );
+    for c in &on_f1 {
+        assert_eq!(
+            exit_of(&h, &echo, *c),
+            "127.0.0.1",
+            "client {c} did not come back to f1"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn black_hole_and_refusing_backends_are_quarantined() -> anyhow::Result<()> {
+    let echo = EchoServer::start()?;
+    let (_ca_dir, ca) = write_ca(&echo)?;
+    let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    let hole = FaultBackend::start(FaultMode::Forward)?;
+    let refuse = FaultBackend::start(FaultMode::Forward)?;
+    let agent_port = free_port()?;
+    let h = Haproxy::start(&haproxy_config(
+        &[
+            ("t1", t1.addr()),
+            ("t2", t2.addr()),
+            ("hole", hole.addr()),
+            ("refuse", refuse.addr()),
+        ],
+        agent_port,
+    ))?;
+    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    wait_all_up(&h, &["t1", "t2", "hole", "refuse"]);
+
+    hole.set_mode(FaultMode::BlackHole)?;
+    refuse.set_mode(FaultMode::Refuse)?;
+    let t = Instant::now();
+    let mut hole_at = None;
+    let mut refuse_at = None;
+    let mut refuse_check_at = None;
+    let mut refuse_own_down_at = None;
+    while t.elapsed() < Duration::from_secs(12) && (hole_at.is_none() || refuse_at.is_none()) {
+        if hole_at.is_none() && status(&h, "hole") == "DOWN (agent)" {
+            hole_at = Some(t.elapsed());
+        }
+        let lagt = field(&h, "refuse", "last_agt");
+        if refuse_at.is_none() && status(&h, "refuse").starts_with("DOWN") && lagt.contains("refused") {
+            refuse_at = Some(t.elapsed());
+        }
+        if refuse_check_at.is_none() && field(&h, "refuse", "check_status") == "L4CON" {
+            refuse_check_at = Some(t.elapsed());
+        }
+        // HAProxy's own check (fall 3) marks it DOWN while the agent has not said down yet.
+        if refuse_own_down_at.is_none()
+            && status(&h, "refuse") == "DOWN"
+            && field(&h, "refuse", "agent_status") != "L7STS"
+        {
+            refuse_own_down_at = Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("FIGURE fault-to-DOWN connect-timeout-after-accept (black hole): {hole_at:?}");
+    println!("FIGURE fault-to-DOWN refused (agent says down #refused): {refuse_at:?}");
+    println!(
+        "FIGURE refused: HAProxy's own check first L4CON at {refuse_check_at:?}, own DOWN at {refuse_own_down_at:?}"
+    );
+    assert!(
+        hole_at.is_some(),
+        "black hole not quarantined: {:?}",
+        row(&h, "hole")
+    );
+    assert!(
+        field(&h, "hole", "last_agt").contains("connect-timeout-after-accept"),
+        "{:?}",
+        row(&h, "hole")
+    );
+    // HAProxy's own L4 check still passes on the black hole.
+    assert_eq!(field(&h, "hole", "check_status"), "L4OK");
+    assert!(
+        refuse_at.is_some(),
+        "refusing backend not quarantined by the agent: {:?}",
+        row(&h, "refuse")
+    );
+    Ok(())
+}
+
+#[test]
+fn guard_holds_when_every_target_is_unreachable_and_caps_at_half_the_pool() -> anyhow::Result<()> {
+    let echo = EchoServer::start()?;
+    let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    let f1 = FaultBackend::start(FaultMode::Forward)?;
+    let f2 = FaultBackend::start(FaultMode::Forward)?;
+    let agent_port = free_port()?;
+    let h = Haproxy::start(&haproxy_config(
+        &[
+            ("t1", t1.addr()),
+            ("t2", t2.addr()),
+            ("f1", f1.addr()),
+            ("f2", f2.addr()),
+        ],
+        agent_port,
+    ))?;
+    // Every target is a closed port: every backend fails, and so does the checker's direct path.
+    let dead = FaultBackend::start(FaultMode::Refuse)?;
+    let dead_targets = format!(
+        "[[targets]]\naddress = \"{}\"\n[[targets]]\naddress = \"{}\"\n",
+        dead.addr(),
+        dead.addr()
+    );
+    let mut c = start_checker(&h, agent_port, &dead_targets, "")?;
+    // Without the checker's verdict (unknown -> "no change"), HAProxy's own checks bring them UP.
+    wait_all_up(&h, &["t1", "t2", "f1", "f2"]);
+    std::thread::sleep(Duration::from_secs(5));
+    for s in ["t1", "t2", "f1", "f2"] {
+        assert_eq!(
+            status(&h, s),
+            "UP",
+            "{s} went down although the target, not the backend, is dead: {:?}",
+            row(&h, s)
+        );
+    }
+    let exit = c.child.stop();
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "SIGTERM must end the checker cleanly: {exit:?}"
+    );
+
+    // Now a real outage of three of four backends: only two (50 %) may be quarantined.
+    let mut c = start_checker(
+        &h,
+        agent_port,
+        &format!("[[targets]]\naddress = \"{}\"\n", echo.http_addr()),
+        "",
+    )?;
+    assert!(wait_until(Duration::from_secs(5), || echo_ip_direct(&echo, None).is_ok()));
+    f1.set_mode(FaultMode::Status(502))?;
+    f2.set_mode(FaultMode::Status(503))?;
+    let mut t1 = t1;
+    t1.kill();
+    std::thread::sleep(Duration::from_secs(6));
+    let down: Vec<&str> = ["t1", "f1", "f2"]
+        .into_iter()
+        // agent_status L7STS = "agent said fail/stop/down" (management.txt §9.1); a killed t1 may
+        // also be DOWN by HAProxy's own check, which the status column would show instead.
+        .filter(|s| field(&h, s, "agent_status") == "L7STS")
+        .collect();
+    assert_eq!(
+        down.len(),
+        2,
+        "guard: exactly 2 of 4 quarantined by the agent, got {down:?}"
+    );
+    assert_eq!(status(&h, "t2"), "UP");
+    let exit = c.child.stop();
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "SIGTERM must end the checker cleanly: {exit:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn checker_death_leaves_haproxy_state_as_it_was() -> anyhow::Result<()> {
+    let echo = EchoServer::start()?;
+    let (_ca_dir, ca) = write_ca(&echo)?;
+    let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    let f1 = FaultBackend::start(FaultMode::Status(503))?;
+    let agent_port = free_port()?;
+    let h = Haproxy::start(&haproxy_config(
+        &[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())],
+        agent_port,
+    ))?;
+    let mut c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    wait_all_up(&h, &["t1", "t2"]);
+    assert!(
+        wait_status(&h, "f1", "DOWN (agent)", Duration::from_secs(10)).is_some(),
+        "{:?}",
+        row(&h, "f1")
+    );
+    c.child.kill();
+    // Agent unreachable: "A failure to connect to the agent is not an error" (configuration.txt).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(&h, "f1"), "DOWN (agent)");
+    assert_eq!(status(&h, "t1"), "UP");
+    assert_eq!(status(&h, "t2"), "UP");
+    // A restarted checker answers "no change" until it has probed, so the state holds across it too.
+    f1.set_mode(FaultMode::Forward)?;
+    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    assert!(
+        wait_status(&h, "f1", "UP", Duration::from_secs(10)).is_some(),
+        "{:?}",
+        row(&h, "f1")
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_server_reply_changes_nothing_in_haproxy() -> anyhow::Result<()> {
+    let echo = EchoServer::start()?;
+    let (_ca_dir, ca) = write_ca(&echo)?;
+    let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    let agent_port = free_port()?;
+    // ghost's agent-send names a server the checker does not know.
+    let mut cfg = haproxy_config(&[("t1", t1.addr())], agent_port);
+    cfg.push_str(&format!(
+        "    server ghost {} agent-send \"nosuch/ghost\\n\"\n",
+        t2.addr()
+    ));
+    let h = Haproxy::start(&cfg)?;
+    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    wait_all_up(&h, &["t1", "ghost"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status(&h, "ghost"), "UP", "{:?}", row(&h, "ghost"));
+    // Forced down by the operator: the unknown-name reply must not bring it back up either.
+    h.cmd("set server egress/ghost agent down")?;
+    assert!(
+        wait_status(&h, "ghost", "DOWN (agent)", Duration::from_secs(3)).is_some(),
+        "{:?}",
+        row(&h, "ghost")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status(&h, "ghost"), "DOWN (agent)", "{:?}", row(&h, "ghost"));
+    assert!(
+        field(&h, "ghost", "last_agt").contains("unknown-server")
+            || field(&h, "ghost", "agent_status") != "L7OK"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_haproxies_send_a_quarantined_servers_clients_to_the_same_fallback() -> anyhow::Result<()> {
+    let echo = EchoServer::start()?;
+    let (_ca_dir, ca) = write_ca(&echo)?;
+    let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    let t3 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 4))?;
+    let f1 = FaultBackend::start(FaultMode::Forward)?;
+    let agent_port = free_port()?;
+    let servers = [
+        ("t1", t1.addr()),
+        ("t2", t2.addr()),
+        ("t3", t3.addr()),
+        ("f1", f1.addr()),
+    ];
+    let a = Haproxy::start(&haproxy_config(&servers, agent_port))?;
+    let b = Haproxy::start(&haproxy_config(&servers, agent_port))?;
+    // One checker answers both instances (same agent-send names); its list comes from `a`.
+    let _c = start_checker(&a, agent_port, &targets(&echo, &ca), "")?;
+    wait_all_up(&a, &["t1", "t2", "t3", "f1"]);
+    wait_all_up(&b, &["t1", "t2", "t3", "f1"]);
+    f1.set_mode(FaultMode::Status(502))?;
+    assert!(wait_status(&a, "f1", "DOWN (agent)", Duration::from_secs(10)).is_some());
+    assert!(wait_status(&b, "f1", "DOWN (agent)", Duration::from_secs(10)).is_some());
+    let mut moved = 0;
+    for c in clients() {
+        let (ea, eb) = (exit_of(&a, &echo, c), exit_of(&b, &echo, c));
+        assert_eq!(ea, eb, "client {c}: instance a -> {ea}, b -> {eb}");
+        assert_ne!(ea, "127.0.0.1", "client {c} still on the quarantined server");
+        moved += 1;
+    }
+    assert!(moved > 0);
+    Ok(())
+}
+
+#[test]
+fn exit_ip_leak_is_quarantined_with_its_reason() -> anyhow::Result<()> {
+    let echo = EchoServer::start()?;
+    let (_ca_dir, ca) = write_ca(&echo)?;
+    let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    // A "proxy" that forwards from the node's own address: the tunnel is gone, traffic leaks.
+    let leak = FaultBackend::start(FaultMode::Forward)?;
+    let agent_port = free_port()?;
+    let h = Haproxy::start(&haproxy_config(
+        &[("t1", t1.addr()), ("t2", t2.addr()), ("leak", leak.addr())],
+        agent_port,
+    ))?;
+    let exit = format!(
+        "[exit_ip]\naddress = \"{}\"\ntls = true\nserver_name = \"{}\"\ninterval = \"5s\"\n",
+        echo.https_addr(),
+        echo.server_name()
+    );
+    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), &exit)?;
+    assert!(
+        wait_status(&h, "leak", "DOWN (agent)", Duration::from_secs(10)).is_some(),
+        "{:?}",
+        row(&h, "leak")
+    );
+    assert!(
+        field(&h, "leak", "last_agt").contains("exit-ip-leak"),
+        "{:?}",
+        row(&h, "leak")
+    );
+    wait_all_up(&h, &["t1", "t2"]);
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! The private PostgreSQL cluster: starts, serves queries, applies migrations, survives stop/start.
+
+use std::time::Duration;
+
+use egress_e2e::postgres::Postgres;
+use sqlx::{Connection as _, Row as _};
+
+async fn query_one(url: &str) -> anyhow::Result<i32> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let row = sqlx::query("SELECT 41 + 1 AS answer")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(row.try_get("answer")?)
+}
+
+#[tokio::test]
+async fn postgres_starts_answers_and_restarts() -> anyhow::Result<()> {
+    let mut pg = Postgres::start()?;
+    assert!(
+        pg.url().starts_with("postgres://egress@127.0.0.1:"),
+        "{}",
+        pg.url()
+    );
+    assert_eq!(query_one(pg.url()).await?, 42);
+
+    // Migrations, if the folder has any, are recorded by sqlx.
+    let migrations = egress_e2e::postgres::migrations_dir();
+    let has_migrations = std::fs::read_dir(&migrations)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .unwrap_or(false);
+    if has_migrations {
+        let mut conn = sqlx::PgConnection::connect(pg.url()).await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut conn)
+            .await?;
+        assert!(n > 0, "migrations folder has files but none was applied");
+    }
+
+    let pid = pg.pid().expect("running");
+    pg.stop()?;
+    assert!(
+        !egress_e2e::dirs::is_alive(pid),
+        "postgres {pid} still alive after stop"
+    );
+    assert!(
+        query_one(pg.url()).await.is_err(),
+        "a stopped server must refuse connections"
+    );
+    pg.start_again()?;
+    assert_eq!(query_one(pg.url()).await?, 42);
+
+    let dir = pg.dir().to_owned();
+    let pid = pg.pid().expect("running");
+    drop(pg);
+    assert!(
+        egress_e2e::wait_until(Duration::from_secs(5), || !egress_e2e::dirs::is_alive(pid)),
+        "postgres {pid} outlived its handle"
+    );
+    assert!(!dir.exists(), "{} not removed on drop", dir.display());
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The whole system at once, against real components: HAProxy 2.6 with the SPOE filter and
+//! agent-checks, three tinyproxy egress backends (exit IPs 127.0.0.2-4), egress-checker and
+//! egress-spoa both writing to a throwaway Postgres ledger, and the operator CLI reading it back.
+//!
+//! It proves the loop the design promises: the checker records each server's exit IP, the agent
+//! picks those IPs up from the ledger and tags requests with them, attribution lands in the ledger,
+//! and `egress-checker who` / `history` answer from it — including a quarantine.
+//!
+//! Needs the binaries: `cargo build --workspace --bins` (scripts/test does it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use egress_common::client_hash::HashKey;
+use egress_e2e::bins::bin_path;
+use egress_e2e::client::echo_ip_via_proxy;
+use egress_e2e::echo::EchoServer;
+use egress_e2e::haproxy::{GLOBAL, Haproxy};
+use egress_e2e::ports::free_port;
+use egress_e2e::postgres::Postgres;
+use egress_e2e::process::{ChildSpec, ManagedChild};
+use egress_e2e::tinyproxy::Tinyproxy;
+use egress_e2e::wait_until;
+
+const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
+const BACKEND: &str = "egress";
+
+/// The shipped SPOE engine file with `timeout processing` raised to 2 s, so a loaded test machine
+/// does not fail open on the first exchange (fail-open itself is covered by spoa_e2e).
+fn spoe_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../haproxy/spoe-egress.conf");
+    let text = std::fs::read_to_string(shipped)?;
+    let path = dir.join("spoe-egress.conf");
+    std::fs::write(&path, text.replace("timeout processing 15ms", "timeout processing 2s"))?;
+    Ok(path)
+}
+
+/// Run `egress-checker <args>` to completion and return its stdout; fail with stderr otherwise.
+fn cli(db: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin_path("egress-checker")?)
+        .args(args)
+        .env("EGRESS_DATABASE_URL", db)
+        .env("EGRESS_HASH_KEY", KEY_HEX)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "egress-checker {args:?} exited {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn json_rows(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    match serde_json::from_str::<serde_json::Value>(text)? {
+        serde_json::Value::Array(rows) => Ok(rows),
+        other => anyhow::bail!("expected a JSON array, got {other}"),
+    }
+}
+
+fn history_kinds(db: &str, server: &str) -> Vec<String> {
+    cli(db, &["history", server, "--since", "1h", "--json"])
+        .ok()
+        .and_then(|t| json_rows(&t).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn checker_and_agent_fill_the_ledger_and_who_answers_from_it() -> anyhow::Result<()> {
+    let wait = Duration::from_secs(30);
+    let dir = tempfile::tempdir()?;
+    let pg = Postgres::start()?;
+    let db = pg.url().to_owned();
+    // The harness already migrated; the operator command must be an idempotent no-op on top.
+    let migrated = cli(&db, &["migrate"])?;
+    assert!(migrated.contains("up to date"), "{migrated}");
+
+    let echo = EchoServer::start()?;
+    let mut proxies = [
+        ("t1", Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?),
+        ("t2", Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?),
+        ("t3", Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 4))?),
+    ];
+    let exit_of_server: BTreeMap<&str, String> = proxies
+        .iter()
+        .map(|(name, t)| (*name, t.bind_addr().to_string()))
+        .collect();
+
+    let agent_port = free_port()?;
+    let spoa_port = free_port()?;
+    let mut servers = String::new();
+    for (name, t) in &proxies {
+        servers.push_str(&format!("    server {name} {} agent-send \"{BACKEND}/{name}\\n\"\n", t.addr()));
+    }
+    let config = format!(
+        "{GLOBAL}
+frontend fe_egress
+    mode http
+    bind 127.0.0.1:{{{{PORT0}}}}
+    filter spoe engine egress config {spoe}
+    log-format \"egress %ci %b/%s client=%[var(txn.egress.client_hash)] exit=%[var(txn.egress.exit_ip)]\"
+    default_backend {BACKEND}
+
+backend {BACKEND}
+    mode http
+    balance source
+    hash-type consistent
+    default-server weight 100 check inter 500ms fall 3 rise 2 agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 500ms
+{servers}
+backend spoe-egress
+    mode tcp
+    timeout connect 1s
+    timeout server 3m
+    option spop-check
+    server spoa1 127.0.0.1:{spoa_port} check inter 500ms
+",
+        spoe = spoe_conf(dir.path())?.display(),
+    );
+    let haproxy = Haproxy::start(&config)?;
+
+    // egress-checker: backends from HAProxy's runtime API, probes through each tinyproxy to the
+    // echo target, the exit IP from the echo, transitions and exit IPs into the ledger.
+    let checker_toml = dir.path().join("checker.toml");
+    std::fs::write(
+        &checker_toml,
+        format!(
+            "[backends]\nruntime_api = \"unix:{sock}\"\nnames = [\"{BACKEND}\"]\nrefresh = \"2s\"\n\
+             [[targets]]\naddress = \"{http}\"\n\
+             [exit_ip]\naddress = \"{http}\"\npath = \"/\"\ninterval = \"2s\"\ntimeout = \"2s\"\n",
+            sock = haproxy.runtime_socket().display(),
+            http = echo.http_addr(),
+        ),
+    )?;
+    let mut checker_cmd = Command::new(bin_path("egress-checker")?);
+    checker_cmd
+        .env("EGRESS_DATABASE_URL", &db)
+        .arg("--config")
+        .arg(&checker_toml)
+        .arg("run")
+        .arg("--agent-listen")
+        .arg(format!("127.0.0.1:{agent_port}"))
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{}", free_port()?))
+        .arg("--spool-path")
+        .arg(dir.path().join("checker.spool"));
+    let checker = ChildSpec::new("egress-checker", checker_cmd).spawn()?;
+
+    // Every server's exit IP reaches the ledger through the checker.
+    for (name, _) in &proxies {
+        let server = format!("{BACKEND}/{name}");
+        assert!(
+            wait_until(wait, || history_kinds(&db, &server).iter().any(|k| k == "exit_ip_observed")),
+            "no exit_ip_observed for {server}: {:?}\nchecker:\n{}",
+            history_kinds(&db, &server),
+            checker.logs()
+        );
+    }
+
+    // egress-spoa: exit IPs from the ledger, attribution to the ledger.
+    let mut spoa_cmd = Command::new(bin_path("egress-spoa")?);
+    spoa_cmd
+        .env("EGRESS_HASH_KEY", KEY_HEX)
+        .env("EGRESS_DATABASE_URL", &db)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{spoa_port}"))
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{}", free_port()?))
+        .arg("--exit-ips-refresh")
+        .arg("1s")
+        .arg("--attribution-flush-interval")
+        .arg("1s")
+        .arg("--spool-path")
+        .arg(dir.path().join("spoa.spool"));
+    let mut spoa: ManagedChild = ChildSpec::new("egress-spoa", spoa_cmd).grace(Duration::from_secs(10)).spawn()?;
+
+    let status = |server: &str| {
+        haproxy
+            .stat(BACKEND, server)
+            .ok()
+            .flatten()
+            .and_then(|r| r.get("status").cloned())
+            .unwrap_or_default()
+    };
+    for (name, _) in &proxies {
+        assert!(wait_until(wait, || status(name) == "UP"), "{name}: {}", status(name));
+    }
+    let spoe_up = || {
+        haproxy
+            .stat("spoe-egress", "spoa1")
+            .ok()
+            .flatten()
+            .and_then(|r| r.get("status").cloned())
+            .unwrap_or_default()
+            .starts_with("UP")
+    };
+    assert!(wait_until(wait, spoe_up), "spoa never UP:\n{}", spoa.logs());
+
+    // Traffic: the agent must tag each request with the exit IP the checker recorded. Retry until
+    // its first refresh from the ledger has landed (the log line shows the exit IP).
+    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, haproxy.port(0)));
+    let key = HashKey::from_hex(KEY_HEX)?;
+    let tagged = wait_until(wait, || {
+        echo_ip_via_proxy(front, &echo, Some(Ipv4Addr::new(127, 0, 2, 1))).is_ok()
+            && haproxy
+                .logs()
+                .lines()
+                .any(|l| l.starts_with("egress 127.0.2.1 ") && !l.ends_with("exit=-"))
+    });
+    assert!(tagged, "requests never carried an exit IP:\n{}", haproxy.logs());
+
+    let clients: Vec<Ipv4Addr> = (1..=24).map(|i| Ipv4Addr::new(127, 0, 1, i)).collect();
+    let mut by_exit: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for &c in &clients {
+        let exit = echo_ip_via_proxy(front, &echo, Some(c))?.trim().to_owned();
+        assert!(exit_of_server.values().any(|e| *e == exit), "client {c} exit {exit}");
+        by_exit
+            .entry(exit)
+            .or_default()
+            .insert(key.hash(c.to_string().as_bytes()).to_string());
+    }
+    assert!(by_exit.len() >= 2, "source hashing should spread 24 clients: {by_exit:?}");
+
+    // SIGTERM: the agent drains, flushes the open minute to the ledger writer, and the writer
+    // flushes to Postgres before the process exits.
+    let code = spoa.stop();
+    assert!(code.is_some_and(|c| c.success()), "spoa exit {code:?}:\n{}", spoa.logs());
+
+    // who --ip: exactly the clients that used each exit IP (the warm-up client aside).
+    let warmup = key.hash(b"127.0.2.1").to_string();
+    for (exit, want) in &by_exit {
+        let rows = json_rows(&cli(&db, &["who", "--ip", exit, "--at", "now", "--window", "10m", "--json"])?)?;
+        let got: BTreeSet<String> = rows
+            .iter()
+            .filter_map(|r| r.get("client_hash").and_then(|h| h.as_str()).map(str::to_owned))
+            .filter(|h| *h != warmup)
+            .collect();
+        assert_eq!(&got, want, "who --ip {exit}: {rows:?}");
+    }
+
+    // who --client: the CLI hashes the address with the shared key and finds its server and IP.
+    let probe_client = clients[5];
+    let rows = json_rows(&cli(
+        &db,
+        &["who", "--client", &probe_client.to_string(), "--from", "1h", "--json"],
+    )?)?;
+    let expected_exit = by_exit
+        .iter()
+        .find(|(_, hashes)| hashes.contains(&key.hash(probe_client.to_string().as_bytes()).to_string()))
+        .map(|(exit, _)| exit.clone());
+    assert_eq!(rows.len(), 1, "who --client {probe_client}: {rows:?}");
+    assert_eq!(
+        rows[0].get("exit_ip").and_then(|v| v.as_str()).map(str::to_owned),
+        expected_exit,
+        "{rows:?}"
+    );
+
+    // A backend dies: HAProxy shows it DOWN and the ledger has the quarantine, with its reason.
+    let dead_name = proxies[2].0;
+    proxies[2].1.kill();
+    let server = format!("{BACKEND}/{dead_name}");
+    assert!(
+        wait_until(wait, || history_kinds(&db, &server).iter().any(|k| k == "quarantined")),
+        "no quarantine event for {server}: {:?}\nchecker:\n{}",
+        history_kinds(&db, &server),
+        checker.logs()
+    );
+    let table = cli(&db, &["history", &server, "--since", "1h"])?;
+    assert!(table.contains("quarantined") && table.contains("refused"), "{table}");
+    Ok(())
+}
