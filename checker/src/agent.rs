@@ -121,6 +121,18 @@ async fn handle(mut stream: TcpStream, shared: &Shared, read_timeout: Duration) 
             metrics.agent_requests.with_label_values(&["closed"]).inc();
             return;
         }
+        // No newline within the deadline: an `agent-send` without "\n" (HAProxy does not half-close).
+        // Answer anyway if it names a server, and tell the operator once how to fix the config.
+        ReadEnd::Timeout if parse_line(line).is_ok() => {
+            static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "agent-send line without a newline: answering after the read deadline; \
+                     end agent-send with \\n (agent-send \"<backend>/<server>\\n\") for prompt answers"
+                );
+            }
+            line
+        }
         ReadEnd::Timeout => {
             metrics.agent_requests.with_label_values(&["timeout"]).inc();
             return;

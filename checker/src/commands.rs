@@ -118,13 +118,18 @@ pub fn who(args: WhoArgs) -> ExitCode {
             }
         } else {
             let client = args.client.as_deref().unwrap_or_default();
-            let key = HashKey::load(args.hash_key_file.as_deref(), std::env::var("EGRESS_HASH_KEY").ok().as_deref())
-                .map_err(|e| LedgerError::InvalidInput(e.to_string()))?;
+            let key = HashKey::load(
+                args.hash_key_file.as_deref(),
+                std::env::var("EGRESS_HASH_KEY").ok().as_deref(),
+            )
+            .map_err(|e| LedgerError::InvalidInput(e.to_string()))?;
             let now = Utc::now();
             let from = parse_since(&args.from, now)?;
             let to = parse_instant(&args.to)?;
             if to < from {
-                return Err(LedgerError::InvalidInput(format!("--to {to} is before --from {from}")));
+                return Err(LedgerError::InvalidInput(format!(
+                    "--to {to} is before --from {from}"
+                )));
             }
             let hash = client_hash_for(&key, client);
             let store = connect(&args.db).await?;

@@ -56,23 +56,33 @@ impl TransitionObserver for LedgerObserver {
     fn on_exit_ip(&self, e: &ExitIpEvent) {
         LogObserver.on_exit_ip(e);
         let event = match e {
-            ExitIpEvent::Observed { backend, server, ip, at } => {
-                Event::new(EventKind::ExitIpObserved, Actor::Checker, &**backend, &**server)
-                    .at(*at)
-                    .new_ip(*ip)
-            }
-            ExitIpEvent::Changed { backend, server, old, new, at } => {
-                Event::new(EventKind::ExitIpChanged, Actor::Checker, &**backend, &**server)
-                    .at(*at)
-                    .old_ip(*old)
-                    .new_ip(*new)
-            }
-            ExitIpEvent::Leak { backend, server, ip, at } => {
-                Event::new(EventKind::ExitIpLeak, Actor::Checker, &**backend, &**server)
-                    .at(*at)
-                    .new_ip(*ip)
-                    .reason("exit-ip-leak")
-            }
+            ExitIpEvent::Observed {
+                backend,
+                server,
+                ip,
+                at,
+            } => Event::new(EventKind::ExitIpObserved, Actor::Checker, &**backend, &**server)
+                .at(*at)
+                .new_ip(*ip),
+            ExitIpEvent::Changed {
+                backend,
+                server,
+                old,
+                new,
+                at,
+            } => Event::new(EventKind::ExitIpChanged, Actor::Checker, &**backend, &**server)
+                .at(*at)
+                .old_ip(*old)
+                .new_ip(*new),
+            ExitIpEvent::Leak {
+                backend,
+                server,
+                ip,
+                at,
+            } => Event::new(EventKind::ExitIpLeak, Actor::Checker, &**backend, &**server)
+                .at(*at)
+                .new_ip(*ip)
+                .reason("exit-ip-leak"),
         };
         self.ledger.record_event(event);
     }

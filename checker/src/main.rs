@@ -90,7 +90,11 @@ struct RunArgs {
 
     /// Local spool file: state events wait here while Postgres is unreachable, and are replayed
     /// (exactly once) when it is back.
-    #[arg(long, env = "EGRESS_CHECKER_SPOOL", default_value = "/var/lib/egress-checker/ledger.spool")]
+    #[arg(
+        long,
+        env = "EGRESS_CHECKER_SPOOL",
+        default_value = "/var/lib/egress-checker/ledger.spool"
+    )]
     spool_path: PathBuf,
 }
 

@@ -121,8 +121,14 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<HashMap<String, String>>, R
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < header.len().min(5) {
-            return Err(RuntimeApiError::Answer(format!("short line: {line:?}")));
+        // Every row carries every header column ("-" when empty): a shorter row is a cut-off dump
+        // (HAProxy reloading), and a partial server list would make the checker forget servers.
+        if fields.len() < header.len() {
+            return Err(RuntimeApiError::Answer(format!(
+                "short line ({} of {} columns): {line:?}",
+                fields.len(),
+                header.len()
+            )));
         }
         rows.push(
             header
@@ -158,6 +164,14 @@ mod tests {
         assert!(parse_servers_state("1\nbe_id be_name\n").is_err());
         assert!(parse_servers_state("Unknown command\n").is_err());
         assert_eq!(parse_servers_state("1\n# be_id be_name\n").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_cut_off_row_fails_the_whole_answer() {
+        // A dump cut short (HAProxy reloading): the last row lost its trailing columns.
+        let cut = SAMPLE.trim_end().trim_end_matches(" - 127.0.0.1 5555");
+        let err = parse_servers_state(cut).unwrap_err().to_string();
+        assert!(err.contains("short line (22 of 25 columns)"), "{err}");
     }
 
     #[tokio::test]

@@ -340,6 +340,11 @@ async fn run_quarantines_restores_and_answers_haproxy() {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert_eq!(out, "up 100%\n");
+    // No newline and no half-close (an `agent-send` missing its "\n"): answered at the read
+    // deadline rather than never.
+    let t = Instant::now();
+    assert_eq!(agent(r.agent, b"egress/good").await, "up 100%\n");
+    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
     // A silent client is cut at the read deadline (1 s), without a reply.
     let t = Instant::now();
     assert_eq!(agent(r.agent, b"").await, "");

@@ -13,7 +13,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 const MAX_HEAD: usize = 8 * 1024;
-const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// Whole-exchange deadline: reading the request and writing the answer. A scraper that stops
+/// reading cannot hold a slot for longer.
+const DEADLINE: Duration = Duration::from_secs(10);
 const MAX_CONCURRENT: usize = 16;
 
 /// Serve `registry` on `listener` until `shutdown` is cancelled.
@@ -39,8 +41,10 @@ pub async fn serve(listener: TcpListener, registry: Registry, shutdown: Cancella
         let registry = registry.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(error) = handle(stream, &registry).await {
-                tracing::debug!(%error, "metrics request failed");
+            match tokio::time::timeout(DEADLINE, handle(stream, &registry)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "metrics request failed"),
+                Err(_) => tracing::debug!("metrics request timed out"),
             }
         });
     }
@@ -64,10 +68,7 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
             }
         }
     };
-    let complete = match tokio::time::timeout(READ_DEADLINE, read).await {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
-    };
+    let complete = read.await?;
     if !complete {
         return respond(&mut stream, "400 Bad Request", "text/plain", b"bad request\n").await;
     }

@@ -72,6 +72,18 @@ impl LedgerError {
         }
     }
 
+    /// True when Postgres refused the row itself (SQLSTATE class 22, data exception, or 23, integrity
+    /// constraint violation, e.g. a CHECK): retrying cannot help, but other rows are fine. Other
+    /// permanent errors (a missing table, no permission) say nothing about the row, so rows are kept.
+    pub(crate) fn is_row_rejection(&self) -> bool {
+        match self {
+            Self::Query(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+            _ => false,
+        }
+    }
+
     /// Classify a sqlx error that happened while connecting.
     pub(crate) fn connect(url: &str, source: sqlx::Error) -> Self {
         let url = redact_url(url);

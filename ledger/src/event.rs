@@ -8,6 +8,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::LedgerError;
+
 /// What happened. Stored as the snake_case name (a CHECK constraint in the schema lists them all).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,6 +167,25 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
 
+/// Whether any string or key in `v` holds U+0000 (depth-bounded; serde_json's parser nests 128 deep).
+fn json_has_nul(v: &serde_json::Value, depth: usize) -> bool {
+    use serde_json::Value;
+    if depth > 256 {
+        return true;
+    }
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(|x| json_has_nul(x, depth + 1)),
+        Value::Object(o) => o
+            .iter()
+            .any(|(k, x)| k.contains('\0') || json_has_nul(x, depth + 1)),
+        _ => false,
+    }
+}
+
+/// Longest backend or server name, in characters (the schema's CHECK: `length(server) BETWEEN 1 AND 256`).
+pub const MAX_NAME_LEN: usize = 256;
+
 /// Longest `reason` kept (the schema's CHECK); longer reasons are cut at a char boundary.
 pub const MAX_REASON_LEN: usize = 1024;
 
@@ -229,6 +250,38 @@ impl Event {
         self
     }
 
+    /// Check the event against the schema's limits (names of 1 to [`MAX_NAME_LEN`] characters, a reason
+    /// of at most [`MAX_REASON_LEN`] characters, no NUL in any text). An invalid event would be refused
+    /// by Postgres for good, so `record_event` drops it (counted) instead of queueing or spooling it.
+    pub fn validate(&self) -> Result<(), LedgerError> {
+        let bad = |m: String| Err(LedgerError::InvalidInput(format!("event {}: {m}", self.id)));
+        for (what, name) in [("backend", &self.backend), ("server", &self.server)] {
+            let chars = name.chars().count();
+            if chars == 0 || chars > MAX_NAME_LEN {
+                return bad(format!(
+                    "{what} name has {chars} characters; 1 to {MAX_NAME_LEN} allowed"
+                ));
+            }
+            if name.contains('\0') {
+                return bad(format!("{what} name contains NUL"));
+            }
+        }
+        if let Some(r) = &self.reason {
+            // The CHECK counts characters; the builder cuts bytes, but the field is public.
+            if r.chars().count() > MAX_REASON_LEN {
+                return bad(format!("reason longer than {MAX_REASON_LEN} characters"));
+            }
+            if r.contains('\0') {
+                return bad("reason contains NUL".into());
+            }
+        }
+        // Postgres text and jsonb cannot hold U+0000.
+        if json_has_nul(&self.detail, 0) {
+            return bad("detail contains NUL".into());
+        }
+        Ok(())
+    }
+
     /// Set the id (tests, and producers that derive ids deterministically).
     #[must_use]
     pub fn with_id(mut self, id: Uuid) -> Self {
@@ -260,6 +313,30 @@ mod tests {
         let line = serde_json::to_string(&e).unwrap();
         assert!(!line.contains('\n'));
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
+    }
+
+    #[test]
+    fn names_outside_the_schema_limits_are_invalid() {
+        let ok = |b: &str, s: &str| Event::new(EventKind::Quarantined, Actor::Checker, b, s).validate();
+        assert!(ok("b", "s").is_ok());
+        assert!(ok("b", &"é".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(ok("b", &"s".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert!(ok(&"b".repeat(MAX_NAME_LEN + 1), "s").is_err());
+        assert!(ok("", "s").is_err());
+        assert!(ok("b", "").is_err());
+        assert!(ok("b", "s\0").is_err());
+        let e = Event::new(EventKind::Quarantined, Actor::Checker, "b", "s");
+        assert!(e.clone().reason("why\0").validate().is_err());
+        assert!(
+            e.clone()
+                .detail(serde_json::json!({"k": "a\u{0}b"}))
+                .validate()
+                .is_err()
+        );
+        assert!(e.clone().reason("é".repeat(2000)).validate().is_ok());
+        let mut long = e;
+        long.reason = Some("r".repeat(MAX_REASON_LEN + 1));
+        assert!(long.validate().is_err());
     }
 
     #[test]

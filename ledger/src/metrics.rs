@@ -38,6 +38,8 @@ pub(crate) struct Metrics {
     pub events_spooled: IntCounter,
     pub events_replayed: IntCounter,
     pub events_dropped: IntCounter,
+    pub events_rejected: IntCounter,
+    pub spool_corrupt_lines: IntCounter,
     pub spool_bytes: IntGauge,
     pub attribution_written: IntCounter,
     attribution_shed: IntCounterVec,
@@ -64,6 +66,15 @@ impl Metrics {
         let events_dropped = IntCounter::new(
             "egress_ledger_events_dropped_total",
             "State events lost: the spool was full or unwritable, or Postgres rejected them for good.",
+        )?;
+        let events_rejected = IntCounter::new(
+            "egress_ledger_events_rejected_total",
+            "State events refused for good (invalid at the source, or rejected by Postgres) and skipped; \
+             also counted in egress_ledger_events_dropped_total.",
+        )?;
+        let spool_corrupt_lines = IntCounter::new(
+            "egress_ledger_spool_corrupt_lines_total",
+            "Spool lines skipped on replay as unreadable, and torn partial lines cut off the spool.",
         )?;
         let spool_bytes = IntGauge::new(
             "egress_ledger_spool_bytes",
@@ -102,6 +113,8 @@ impl Metrics {
         registry.register(Box::new(events_spooled.clone()))?;
         registry.register(Box::new(events_replayed.clone()))?;
         registry.register(Box::new(events_dropped.clone()))?;
+        registry.register(Box::new(events_rejected.clone()))?;
+        registry.register(Box::new(spool_corrupt_lines.clone()))?;
         registry.register(Box::new(spool_bytes.clone()))?;
         registry.register(Box::new(attribution_written.clone()))?;
         registry.register(Box::new(attribution_shed.clone()))?;
@@ -124,6 +137,8 @@ impl Metrics {
             events_spooled,
             events_replayed,
             events_dropped,
+            events_rejected,
+            spool_corrupt_lines,
             spool_bytes,
             attribution_written,
             attribution_shed,

@@ -4,9 +4,13 @@
 //! in batches with `ON CONFLICT (id) DO NOTHING`, and deletes it only after every batch committed. A
 //! crash mid-replay leaves the `.replaying` file in place; the next replay starts with it, and the
 //! unique ids make the already-committed part a no-op. A torn last line (a crash mid-append) is skipped.
+//!
+//! A torn line must never be glued to the next append (the joined line would not parse and a later,
+//! fsync'd event would be lost): a failed append cuts the file back to its length before the write, and
+//! every open cuts a fragment after the last newline (counted in [`Spool::torn_fragments`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +29,7 @@ pub struct Spool {
     file: Mutex<Option<File>>,
     bytes: AtomicU64,
     max_bytes: u64,
+    torn: AtomicU64,
 }
 
 impl Spool {
@@ -38,9 +43,14 @@ impl Spool {
             file: Mutex::new(None),
             bytes: AtomicU64::new(0),
             max_bytes,
+            torn: AtomicU64::new(0),
         };
         if let Some(dir) = spool.dir() {
             std::fs::create_dir_all(dir).map_err(|e| spool.err(e))?;
+        }
+        if spool.path.exists() {
+            // Cut a fragment left by a crash now, so the size below is what replay will see.
+            let _file = spool.open_for_append()?;
         }
         spool.bytes.store(spool.size_on_disk(), Ordering::Relaxed);
         Ok(spool)
@@ -70,6 +80,36 @@ impl Spool {
     /// Bytes in the spool files (as of the last append or replay).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Torn fragments (a partial last line from a crash or a failed write) cut off the spool so far.
+    pub fn torn_fragments(&self) -> u64 {
+        self.torn.load(Ordering::Relaxed)
+    }
+
+    /// Open the spool for appending, first cutting any partial last line back to the last newline, so
+    /// the next append starts on a line of its own.
+    fn open_for_append(&self) -> Result<File, LedgerError> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| self.err(e))?;
+        let len = f.metadata().map_err(|e| self.err(e))?.len();
+        let keep = last_line_end(&mut f, len).map_err(|e| self.err(e))?;
+        if keep < len {
+            f.set_len(keep)
+                .and_then(|()| f.sync_data())
+                .map_err(|e| self.err(e))?;
+            self.torn.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                path = %self.path.display(),
+                dropped_bytes = len - keep,
+                "cut a torn line off the ledger spool"
+            );
+        }
+        Ok(f)
     }
 
     /// Whether anything waits for replay.
@@ -109,20 +149,25 @@ impl Spool {
             )));
         }
         if guard.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .map_err(|e| self.err(e))?;
-            *guard = Some(f);
+            *guard = Some(self.open_for_append()?);
         }
         let Some(f) = guard.as_mut() else {
             return Err(self.err(std::io::Error::other("spool not open")));
         };
+        let before = match f.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                *guard = None;
+                return Err(self.err(e));
+            }
+        };
         let res = f.write_all(&buf).and_then(|()| f.sync_data());
         if let Err(e) = res {
-            // Reopen next time; a partial line is skipped on replay.
-            *guard = None;
+            // Take back whatever part of the lines reached the file; if even that fails, the next open
+            // cuts the fragment.
+            if f.set_len(before).and_then(|()| f.sync_data()).is_err() {
+                *guard = None;
+            }
             return Err(self.err(e));
         }
         self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -169,6 +214,26 @@ impl Spool {
             let _ = d.sync_all();
         }
     }
+}
+
+/// The length of `f` up to and including its last newline (0 when it has none).
+fn last_line_end(f: &mut File, len: u64) -> std::io::Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut end = len;
+    let mut buf = vec![0u8; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let Some(chunk) = buf.get_mut(..(end - start) as usize) else {
+            break;
+        };
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// Reads a spool file in batches of events; counts lines that do not parse (torn or corrupt).
@@ -298,6 +363,67 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].id, big.id);
         assert!(got[0].detail["detail_truncated_bytes"].as_u64().unwrap() > MAX_LINE_BYTES as u64);
+    }
+
+    #[test]
+    fn a_torn_fragment_does_not_swallow_the_next_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let good = serde_json::to_string(&ev(1)).unwrap();
+        // A crash mid-append: the last line has no newline.
+        std::fs::write(&path, format!("{good}\n{{\"id\":\"tor")).unwrap();
+        let spool = Spool::new(path.clone(), 1 << 20).unwrap();
+        assert_eq!(spool.torn_fragments(), 1);
+        assert_eq!(spool.bytes(), good.len() as u64 + 1);
+        let next = ev(2);
+        spool.append(std::slice::from_ref(&next)).unwrap();
+        let replay = spool.take_for_replay().unwrap().unwrap();
+        let mut r = SpoolReader::open(&replay).unwrap();
+        assert_eq!(r.next_batch(10).unwrap(), vec![ev_from(&good), next]);
+        assert_eq!(r.corrupt_lines, 0);
+    }
+
+    #[test]
+    fn a_fragment_without_any_newline_is_cut_to_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        // Longer than one read chunk, so the backwards scan crosses chunks.
+        std::fs::write(&path, "x".repeat(200 * 1024)).unwrap();
+        let spool = Spool::new(path.clone(), 1 << 20).unwrap();
+        assert_eq!(spool.torn_fragments(), 1);
+        assert_eq!(spool.bytes(), 0);
+        let next = ev(3);
+        spool.append(std::slice::from_ref(&next)).unwrap();
+        let replay = spool.take_for_replay().unwrap().unwrap();
+        assert_eq!(
+            SpoolReader::open(&replay).unwrap().next_batch(10).unwrap(),
+            vec![next]
+        );
+    }
+
+    #[test]
+    fn a_fragment_written_before_the_lazy_open_is_cut_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let spool = Spool::new(path.clone(), 1 << 20).unwrap();
+        let first = ev(4);
+        spool.append(std::slice::from_ref(&first)).unwrap();
+        // The file handle is dropped on a failed write; model the fragment such a write leaves.
+        *spool.file.lock().unwrap() = None;
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"id\":").unwrap();
+        drop(f);
+        let second = ev(5);
+        spool.append(std::slice::from_ref(&second)).unwrap();
+        assert_eq!(spool.torn_fragments(), 1);
+        let replay = spool.take_for_replay().unwrap().unwrap();
+        let mut r = SpoolReader::open(&replay).unwrap();
+        assert_eq!(r.next_batch(10).unwrap(), vec![first, second]);
+        assert_eq!(r.corrupt_lines, 0);
+    }
+
+    fn ev_from(line: &str) -> Event {
+        serde_json::from_str(line).unwrap()
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
@@ -117,6 +117,26 @@ struct Shared {
     /// Attribution rows in the channel or pending in the writer.
     attr_rows: AtomicUsize,
     attr_cap: usize,
+    /// Torn spool fragments already counted in `spool_corrupt_lines`.
+    torn_reported: AtomicU64,
+}
+
+impl Shared {
+    /// Count torn fragments the spool cut since the last call.
+    fn report_torn(&self) {
+        let now = self.spool.torn_fragments();
+        let before = self.torn_reported.fetch_max(now, Ordering::AcqRel);
+        if now > before {
+            self.metrics.spool_corrupt_lines.inc_by(now - before);
+        }
+    }
+
+    /// An event refused for good: count it, say which, and go on.
+    fn reject(&self, e: &Event, error: &LedgerError) {
+        self.metrics.events_dropped.inc();
+        self.metrics.events_rejected.inc();
+        warn!(%error, id = %e.id, kind = %e.kind, backend = %e.backend, server = %e.server, "ledger event rejected for good; skipped");
+    }
 }
 
 /// The producers' side. Cheap to clone; every method returns at once.
@@ -130,12 +150,21 @@ pub struct LedgerHandle {
 
 impl LedgerHandle {
     /// Record a state event. Never blocks on Postgres and never drops the event: when the queue is full
-    /// (or the writer has stopped) the event is appended to the spool file and fsync'd, here.
+    /// (or the writer has stopped) the event is appended to the spool file and fsync'd, here. An event
+    /// Postgres could never store (see [`Event::validate`]: e.g. a server name over 256 characters) is
+    /// dropped here, counted in `egress_ledger_events_rejected_total`, so it cannot block the spool.
     pub fn record_event(&self, event: Event) {
+        if let Err(error) = event.validate() {
+            self.shared.reject(&event, &error);
+            return;
+        }
         match self.events.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) => {
-                spool_events(&self.shared, &[e]);
+                if !spool_events(&self.shared, &[e]) {
+                    self.shared.metrics.events_dropped.inc();
+                    error!(events = 1, "cannot queue or spool a ledger event; it is lost");
+                }
             }
         }
     }
@@ -184,18 +213,22 @@ impl LedgerHandle {
     }
 }
 
-fn spool_events(shared: &Shared, events: &[Event]) {
-    match shared.spool.append(events) {
+/// Append to the spool; false when that failed (the caller decides whether the events are lost).
+fn spool_events(shared: &Shared, events: &[Event]) -> bool {
+    let r = shared.spool.append(events);
+    shared.report_torn();
+    match r {
         Ok(()) => {
             shared.metrics.events_spooled.inc_by(events.len() as u64);
             shared
                 .metrics
                 .spool_bytes
                 .set(i64::try_from(shared.spool.bytes()).unwrap_or(i64::MAX));
+            true
         }
         Err(error) => {
-            shared.metrics.events_dropped.inc_by(events.len() as u64);
-            error!(%error, events = events.len(), "cannot spool ledger events; they are lost");
+            error!(%error, events = events.len(), "cannot spool ledger events");
+            false
         }
     }
 }
@@ -227,6 +260,12 @@ impl LedgerWriter {
         registry: &Registry,
         shutdown: CancellationToken,
     ) -> Result<(LedgerHandle, JoinHandle<()>), LedgerError> {
+        let (handle, writer) = Self::build(cfg, registry)?;
+        let task = tokio::spawn(writer.run(shutdown));
+        Ok((handle, task))
+    }
+
+    fn build(cfg: WriterConfig, registry: &Registry) -> Result<(LedgerHandle, LedgerWriter), LedgerError> {
         cfg.validate()?;
         let store = Store::connect_lazy_with(&cfg.database_url, cfg.store.clone())?;
         let spool = Spool::new(cfg.spool_path.clone(), cfg.max_spool_bytes)?;
@@ -239,7 +278,9 @@ impl LedgerWriter {
             metrics,
             attr_rows: AtomicUsize::new(0),
             attr_cap: cfg.attribution_queue,
+            torn_reported: AtomicU64::new(0),
         });
+        shared.report_torn();
         let (events_tx, events_rx) = mpsc::channel(cfg.event_queue);
         // Messages are Vecs; the row budget (attr_cap) is the real bound, this only caps the message count.
         let (attr_tx, attr_rx) = mpsc::channel(cfg.attribution_queue.clamp(1, 65_536));
@@ -264,8 +305,41 @@ impl LedgerWriter {
             next_attempt: Instant::now(),
             last_maintenance: None,
         };
-        let task = tokio::spawn(writer.run(shutdown));
-        Ok((handle, task))
+        Ok((handle, writer))
+    }
+
+    /// Most events held in memory while they can be neither written nor spooled: a full batch plus a
+    /// full queue (what the run loop can hold anyway).
+    fn pending_cap(&self) -> usize {
+        self.cfg.batch_size.saturating_add(self.cfg.event_queue)
+    }
+
+    /// The write failed: move pending events to the spool; if the spool cannot take them either
+    /// (disk full, read-only), keep them in memory up to `pending_cap` for the next attempt, and drop
+    /// (counted) only the newest beyond it.
+    fn spool_pending(&mut self) {
+        if self.pending_events.is_empty() {
+            return;
+        }
+        if spool_events(&self.shared, &self.pending_events) {
+            self.pending_events.clear();
+            return;
+        }
+        let cap = self.pending_cap();
+        if self.pending_events.len() > cap {
+            let lost = self.pending_events.len() - cap;
+            self.pending_events.truncate(cap);
+            self.shared.metrics.events_dropped.inc_by(lost as u64);
+            error!(
+                lost,
+                kept = cap,
+                "ledger events beyond the in-memory cap are lost"
+            );
+        }
+        warn!(
+            kept = self.pending_events.len(),
+            "ledger spool unwritable; events kept in memory for the next attempt"
+        );
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
@@ -356,10 +430,7 @@ impl LedgerWriter {
                 }
                 self.db_up = false;
                 self.shared.metrics.db_up.set(0);
-                if !self.pending_events.is_empty() {
-                    let evs = std::mem::take(&mut self.pending_events);
-                    spool_events(&self.shared, &evs);
-                }
+                self.spool_pending();
                 self.next_attempt = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
             }
@@ -383,32 +454,31 @@ impl LedgerWriter {
                     self.shared.metrics.events_written.inc_by(n as u64);
                     self.pending_events.drain(..n);
                 }
-                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if !e.is_row_rejection() => return Err(e),
                 Err(e) => {
-                    // A batch Postgres refuses for good (e.g. a CHECK): write the rest one by one.
-                    let batch: Vec<Event> = self.pending_events.drain(..n).collect();
-                    self.insert_one_by_one(batch, e).await?;
+                    // A batch Postgres refuses for good (e.g. a CHECK): write it one by one.
+                    warn!(error = %e, events = n, "ledger rejected an event batch; inserting one by one");
+                    self.insert_one_by_one(n).await?;
                 }
             }
         }
         self.write_attribution().await
     }
 
-    async fn insert_one_by_one(&mut self, batch: Vec<Event>, first: LedgerError) -> Result<(), LedgerError> {
-        warn!(error = %first, events = batch.len(), "ledger rejected an event batch; inserting one by one");
-        for (i, e) in batch.iter().enumerate() {
+    /// Insert the first `n` pending events one at a time, skipping (counted) those Postgres rejects.
+    /// Each event leaves `pending_events` only once it is committed or rejected, so a failure or a
+    /// cancellation (the shutdown deadline) leaves the rest pending, to be spooled.
+    async fn insert_one_by_one(&mut self, n: usize) -> Result<(), LedgerError> {
+        for _ in 0..n {
+            let Some(e) = self.pending_events.first() else {
+                break;
+            };
             match self.store.insert_events(std::slice::from_ref(e)).await {
-                Ok(_) => self.shared.metrics.events_written.inc(),
-                Err(err) if err.is_transient() => {
-                    // Put the rest back; they are spooled by the caller.
-                    self.pending_events.splice(0..0, batch[i..].iter().cloned());
-                    return Err(err);
-                }
-                Err(err) => {
-                    self.shared.metrics.events_dropped.inc();
-                    error!(error = %err, id = %e.id, kind = %e.kind, server = %e.server, "ledger rejected an event for good");
-                }
+                Ok(inserted) => self.shared.metrics.events_written.inc_by(inserted),
+                Err(err) if err.is_row_rejection() => self.shared.reject(e, &err),
+                Err(err) => return Err(err),
             }
+            self.pending_events.remove(0);
         }
         Ok(())
     }
@@ -528,15 +598,34 @@ impl LedgerWriter {
                     break;
                 }
                 let started = Instant::now();
-                let inserted = self.store.insert_events(&batch).await?;
-                self.shared
-                    .metrics
-                    .events_write_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.shared.metrics.events_written.inc_by(inserted);
+                match self.store.insert_events(&batch).await {
+                    Ok(inserted) => {
+                        self.shared
+                            .metrics
+                            .events_write_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        self.shared.metrics.events_written.inc_by(inserted);
+                    }
+                    Err(e) if !e.is_row_rejection() => return Err(e),
+                    Err(e) => {
+                        // One event Postgres refuses for good must not hold back the whole spool.
+                        warn!(error = %e, events = batch.len(), path = %path.display(), "ledger rejected a replayed batch; inserting one by one");
+                        for ev in &batch {
+                            match self.store.insert_events(std::slice::from_ref(ev)).await {
+                                Ok(inserted) => self.shared.metrics.events_written.inc_by(inserted),
+                                Err(err) if err.is_row_rejection() => self.shared.reject(ev, &err),
+                                Err(err) => return Err(err),
+                            }
+                        }
+                    }
+                }
                 self.shared.metrics.events_replayed.inc_by(batch.len() as u64);
                 total += batch.len() as u64;
             }
+            self.shared
+                .metrics
+                .spool_corrupt_lines
+                .inc_by(reader.corrupt_lines);
             if reader.corrupt_lines > 0 {
                 warn!(lines = reader.corrupt_lines, path = %path.display(), "skipped unreadable spool lines");
             }
@@ -585,7 +674,13 @@ impl LedgerWriter {
         }
         if !self.pending_events.is_empty() {
             let evs = std::mem::take(&mut self.pending_events);
-            spool_events(&self.shared, &evs);
+            if !spool_events(&self.shared, &evs) {
+                self.shared.metrics.events_dropped.inc_by(evs.len() as u64);
+                error!(
+                    events = evs.len(),
+                    "cannot spool ledger events at shutdown; they are lost"
+                );
+            }
         }
         if !self.pending_rows.is_empty() {
             let n = self.pending_rows.len();
@@ -603,5 +698,129 @@ impl LedgerWriter {
             spool_bytes = self.shared.spool.bytes(),
             "ledger writer stopped"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Actor, EventKind};
+
+    fn ev(i: usize) -> Event {
+        // An hour old, so the pending-age gauge shows they are still held.
+        Event::new(EventKind::Quarantined, Actor::Checker, "b", format!("s{i}"))
+            .at(Utc::now() - TimeDelta::hours(1))
+    }
+
+    /// A port nothing listens on: connecting is refused at once (a transient error).
+    fn dead_url() -> String {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        format!("postgres://egress@127.0.0.1:{port}/egress")
+    }
+
+    fn writer(url: String, dir: &std::path::Path) -> (LedgerHandle, LedgerWriter) {
+        writer_with(url, dir, Duration::from_millis(300))
+    }
+
+    fn writer_with(url: String, dir: &std::path::Path, connect: Duration) -> (LedgerHandle, LedgerWriter) {
+        let mut cfg = WriterConfig::new(url, dir.join("spool"));
+        cfg.batch_size = 2;
+        cfg.event_queue = 1;
+        // sqlx retries a refused connect until this deadline.
+        cfg.store.connect_timeout = connect;
+        LedgerWriter::build(cfg, &Registry::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_spool_write_keeps_events_in_memory_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, mut w) = writer(dead_url(), dir.path());
+        // The spool refuses everything (as a full or read-only disk would).
+        w.shared = Arc::new(Shared {
+            spool: Spool::new(dir.path().join("full"), 1).unwrap(),
+            metrics: Metrics::register(&Registry::new()).unwrap(),
+            attr_rows: AtomicUsize::new(0),
+            attr_cap: 10,
+            torn_reported: AtomicU64::new(0),
+        });
+        let handle = LedgerHandle {
+            shared: w.shared.clone(),
+            ..handle
+        };
+        let evs: Vec<Event> = (0..2).map(ev).collect();
+        w.pending_events = evs.clone();
+        assert!(w.write_all().await.unwrap_err().is_transient());
+        assert_eq!(w.pending_events, evs, "kept for the next attempt");
+        assert_eq!(handle.stats().events_dropped, 0);
+        assert!(w.shared.metrics.pending_oldest_age.get() >= 3000.0);
+
+        // Beyond the cap (batch_size 2 + event_queue 1) the newest are dropped, and counted.
+        let evs: Vec<Event> = (0..5).map(ev).collect();
+        w.pending_events = evs.clone();
+        w.next_attempt = Instant::now();
+        assert!(w.write_all().await.is_err());
+        assert_eq!(w.pending_events, evs[..3].to_vec());
+        assert_eq!(handle.stats().events_dropped, 2);
+    }
+
+    #[tokio::test]
+    async fn with_a_working_spool_failed_writes_still_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, mut w) = writer(dead_url(), dir.path());
+        w.pending_events = (0..3).map(ev).collect();
+        assert!(w.write_all().await.is_err());
+        assert!(w.pending_events.is_empty());
+        let stats = handle.stats();
+        assert_eq!((stats.events_spooled, stats.events_dropped), (3, 0), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_one_by_one_insert_leaves_the_events_pending() {
+        // Accepts TCP (the kernel's backlog) but never answers: every insert hangs.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("postgres://egress@{}/egress", silent.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let (_handle, mut w) = writer_with(url, dir.path(), Duration::from_secs(30));
+        let evs: Vec<Event> = (0..3).map(ev).collect();
+        w.pending_events = evs.clone();
+        // What the shutdown deadline does to a write in progress.
+        let r = tokio::time::timeout(Duration::from_millis(200), w.insert_one_by_one(3)).await;
+        assert!(r.is_err(), "the insert should hang");
+        assert_eq!(
+            w.pending_events, evs,
+            "nothing confirmed, so nothing leaves pending"
+        );
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn events_postgres_could_never_store_are_rejected_at_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, mut w) = writer(dead_url(), dir.path());
+        handle.record_event(Event::new(
+            EventKind::Quarantined,
+            Actor::Checker,
+            "b",
+            "s".repeat(257),
+        ));
+        handle.record_event(Event::new(EventKind::Quarantined, Actor::Checker, "", "s"));
+        let ok = ev(1);
+        handle.record_event(ok.clone());
+        assert_eq!(w.events_rx.try_recv().unwrap(), ok);
+        assert!(w.events_rx.try_recv().is_err());
+        let stats = handle.stats();
+        assert_eq!((stats.events_dropped, stats.events_spooled), (2, 0), "{stats:?}");
+        assert_eq!(w.shared.metrics.events_rejected.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn torn_spool_fragments_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spool"), "{\"id\":").unwrap();
+        let (_handle, w) = writer(dead_url(), dir.path());
+        assert_eq!(w.shared.metrics.spool_corrupt_lines.get(), 1);
     }
 }

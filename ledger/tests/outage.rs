@@ -198,3 +198,50 @@ async fn stopping_while_postgres_is_down_spools_and_the_next_writer_replays() ->
     assert_eq!(stored, want);
     Ok(())
 }
+
+/// A spooled event Postgres refuses for good (a server name over the schema's 256 characters, from a
+/// spool written before names were checked) is skipped and counted; the events around it, in the same
+/// replay batch, are stored, and the spool is emptied instead of blocking every later write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_in_the_spool_is_skipped_not_blocking() -> anyhow::Result<()> {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await??;
+    let dir = tempfile::tempdir()?;
+    let spool = dir.path().join("ledger.spool");
+    let ev = |s: String| Event::new(EventKind::Quarantined, Actor::Checker, "egress", s);
+    let good: Vec<Event> = (0..5).map(|i| ev(format!("s{i}"))).collect();
+    let poison = ev("x".repeat(300));
+    assert!(poison.validate().is_err());
+    let mut text = String::new();
+    for e in good[..2].iter().chain([&poison]).chain(&good[2..]) {
+        text.push_str(&serde_json::to_string(e)?);
+        text.push('\n');
+    }
+    std::fs::write(&spool, text)?;
+
+    let mut cfg = WriterConfig::new(pg.url(), &spool);
+    cfg.batch_size = 4; // the poison event shares a batch with good ones
+    let shutdown = CancellationToken::new();
+    let (handle, task) = LedgerWriter::spawn(cfg, &prometheus::Registry::new(), shutdown.clone())?;
+    tokio::time::timeout(Duration::from_secs(20), handle.flush()).await??;
+    // Later events flow too.
+    let late = ev("late".into());
+    handle.record_event(late.clone());
+    tokio::time::timeout(Duration::from_secs(20), handle.flush()).await??;
+    let stats = handle.stats();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task).await??;
+
+    assert_eq!(stats.events_dropped, 1, "{stats:?}");
+    assert_eq!(stats.events_replayed, 6, "{stats:?}");
+    assert_eq!(stats.spool_bytes, 0, "{stats:?}");
+    let store = Store::connect(pg.url()).await?;
+    let stored: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM events")
+        .fetch_all(store.pool())
+        .await?
+        .into_iter()
+        .collect();
+    let mut want: HashSet<Uuid> = good.iter().map(|e| e.id).collect();
+    want.insert(late.id);
+    assert_eq!(stored, want);
+    Ok(())
+}

@@ -246,6 +246,12 @@ pub struct ConnectionConfig {
     pub write_timeout: Duration,
     /// After shutdown: close once the connection has been quiet this long.
     pub drain_quiet: Duration,
+    /// Once a frame has started arriving, the rest must follow within this time (status 2
+    /// otherwise): a peer trickling a byte every few minutes must not hold a slot for ever.
+    pub frame_timeout: Duration,
+    /// After shutdown, a connection that never goes quiet (a busy, reused 3.x connection) is
+    /// closed with AGENT-DISCONNECT after this long anyway; HAProxy fails open for what was cut.
+    pub drain_max: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -257,6 +263,8 @@ impl Default for ConnectionConfig {
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
             drain_quiet: Duration::from_millis(100),
+            frame_timeout: Duration::from_secs(30),
+            drain_max: Duration::from_secs(2),
         }
     }
 }
@@ -287,6 +295,8 @@ pub async fn serve_connection<S>(
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let hello_deadline = tokio::time::Instant::now() + cfg.hello_timeout;
     let mut draining = false;
+    let mut drain_deadline = tokio::time::Instant::now();
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
         let step = session.process(&mut rbuf, &mut wbuf, cfg.max_inflight.max(1));
         if !wbuf.is_empty() {
@@ -313,10 +323,20 @@ pub async fn serve_connection<S>(
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
+        let now = tokio::time::Instant::now();
+        // Bytes left over after processing are the start of an incomplete frame.
+        partial_since = if rbuf.is_empty() {
+            None
+        } else {
+            partial_since.or(Some(now))
+        };
         let deadline = match session.state() {
             State::AwaitHello => hello_deadline,
-            _ if draining => tokio::time::Instant::now() + cfg.drain_quiet,
-            _ => tokio::time::Instant::now() + cfg.idle_timeout,
+            _ if draining => (now + cfg.drain_quiet).min(drain_deadline),
+            _ => {
+                let idle = now + cfg.idle_timeout;
+                partial_since.map_or(idle, |t| idle.min(t + cfg.frame_timeout))
+            }
         };
         tokio::select! {
             r = tokio::time::timeout_at(deadline, stream.read_buf(&mut rbuf)) => match r {
@@ -339,6 +359,7 @@ pub async fn serve_connection<S>(
             },
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
+                drain_deadline = tokio::time::Instant::now() + cfg.drain_max;
                 if session.state() == State::AwaitHello {
                     session.close(Status::NORMAL, &mut wbuf);
                 }

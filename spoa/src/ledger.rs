@@ -39,7 +39,8 @@ fn row(r: AttributionRow) -> egress_ledger::AttributionRow {
 impl AttributionSink for LedgerSink {
     fn submit(&self, rows: Vec<AttributionRow>) {
         // Never blocks: the writer sheds (and counts) what it cannot hold.
-        self.ledger.submit_attribution(rows.into_iter().map(row).collect());
+        self.ledger
+            .submit_attribution(rows.into_iter().map(row).collect());
     }
 }
 
@@ -52,7 +53,9 @@ pub struct LedgerExitIps {
 impl LedgerExitIps {
     /// Query through `store`.
     pub fn new(store: Store) -> Self {
-        Self { store: Arc::new(store) }
+        Self {
+            store: Arc::new(store),
+        }
     }
 }
 

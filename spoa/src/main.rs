@@ -13,9 +13,9 @@ use egress_common::client_hash::HashKey;
 use egress_common::telemetry::{self, LogFormat};
 use egress_ledger::{LedgerWriter, Store, StoreOptions, WriterConfig};
 use egress_spoa::attribution::{self, AggregatorConfig, AttributionSink, LogSink};
-use egress_spoa::ledger::{LedgerExitIps, LedgerSink};
 use egress_spoa::connection::ConnectionConfig;
 use egress_spoa::exit_ip::{ExitIpSource, ExitIps, FileExitIpSource};
+use egress_spoa::ledger::{LedgerExitIps, LedgerSink};
 use egress_spoa::metrics::Metrics;
 use egress_spoa::{Agent, ServerConfig};
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,11 @@ struct Cli {
     #[arg(long, env = "EGRESS_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Local spool file for the ledger writer (used while Postgres is unreachable).
-    #[arg(long, env = "EGRESS_SPOA_SPOOL", default_value = "/var/lib/egress-spoa/ledger.spool")]
+    #[arg(
+        long,
+        env = "EGRESS_SPOA_SPOOL",
+        default_value = "/var/lib/egress-spoa/ledger.spool"
+    )]
     spool_path: PathBuf,
     /// File of `backend server ip` lines: the exit IP of each server. Overrides the ledger as the
     /// exit-IP source (for setups without a checker).

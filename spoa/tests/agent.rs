@@ -530,3 +530,54 @@ async fn shutdown_answers_in_flight_then_disconnects_normally() {
         "attribution flushed on shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_frame_started_but_never_finished_is_cut_at_the_frame_deadline() {
+    let cfg = ServerConfig {
+        connection: ConnectionConfig {
+            frame_timeout: Duration::from_millis(300),
+            ..ConnectionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let h = Harness::start(cfg).await;
+    let mut c = Client::hello(h.addr).await;
+    // Three bytes of a length prefix, then nothing: far below the 5-minute idle timeout.
+    c.send(&[0, 0, 0]).await;
+    let t = std::time::Instant::now();
+    expect_disconnect(&mut c, Status::TIMEOUT).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_connection_is_still_closed_when_draining() {
+    let h = Harness::start(ServerConfig::default()).await;
+    let mut c = Client::hello(h.addr).await;
+    h.shutdown.cancel();
+    let t = std::time::Instant::now();
+    // A NOTIFY every 50 ms never lets the connection go quiet for drain_quiet (100 ms).
+    let mut sid = 1;
+    let status = loop {
+        assert!(t.elapsed() < Duration::from_secs(5), "drain never ended");
+        // The agent may have closed already: a failed write is not the test's concern.
+        let _ =
+            c.s.write_all(&attribution_notify(
+                sid,
+                1,
+                Ipv4Addr::new(10, 0, 0, 4),
+                None,
+                b"s1",
+            ))
+            .await;
+        sid += 2;
+        match tokio::time::timeout(Duration::from_millis(50), c.recv()).await {
+            Ok(Some(f)) if f.kind == FrameType::AgentDisconnect => break f,
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => panic!("closed without AGENT-DISCONNECT"),
+        }
+    };
+    assert_eq!(status.kind, FrameType::AgentDisconnect);
+    assert!(t.elapsed() >= Duration::from_millis(1500), "{:?}", t.elapsed());
+    h.stop().await;
+}

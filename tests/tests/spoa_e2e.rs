@@ -12,7 +12,7 @@ use egress_common::client_hash::HashKey;
 use egress_e2e::bins::bin_path;
 use egress_e2e::client::echo_ip_via_proxy;
 use egress_e2e::echo::EchoServer;
-use egress_e2e::haproxy::{GLOBAL, Haproxy};
+use egress_e2e::haproxy::{GLOBAL, Haproxy, shipped_spoe_conf};
 use egress_e2e::ports::free_port;
 use egress_e2e::process::{ChildSpec, ManagedChild};
 use egress_e2e::tinyproxy::Tinyproxy;
@@ -20,24 +20,6 @@ use egress_e2e::wait_until;
 
 const KEY_HEX: &str = "0f0e0d0c0b0a09080706050403020100";
 const WAIT: Duration = Duration::from_secs(15);
-
-/// The shipped engine file, with `timeout processing` raised from 15 ms to 2 s: on a loaded test
-/// machine the first exchange (connect + HELLO + NOTIFY) can exceed 15 ms, and that fail-open is
-/// checked separately below. Everything else is the file as shipped.
-fn spoe_conf(tag: &str) -> anyhow::Result<PathBuf> {
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../haproxy/spoe-egress.conf");
-    let text = std::fs::read_to_string(&shipped)?;
-    anyhow::ensure!(
-        text.contains("timeout processing 15ms"),
-        "shipped processing timeout changed"
-    );
-    let path = std::env::temp_dir().join(format!("spoe-egress-{}-{tag}.conf", std::process::id()));
-    std::fs::write(
-        &path,
-        text.replace("timeout processing 15ms", "timeout processing 2s"),
-    )?;
-    Ok(path)
-}
 
 fn start_agent(exit_ips: &str) -> anyhow::Result<(ManagedChild, SocketAddr, u16)> {
     let port = free_port()?;
@@ -110,6 +92,7 @@ fn tcp_mode_attributes_connect_traffic_and_fails_open_without_the_agent() -> any
 }
 
 fn run(mode: &str) -> anyhow::Result<()> {
+    let spoe_dir = tempfile::tempdir()?;
     let echo = EchoServer::start()?;
     let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
@@ -138,7 +121,7 @@ backend spoe-egress
     option spop-check
     server spoa1 {agent_addr} check inter 200ms fall 1 rise 1
 ",
-        spoe = spoe_conf(mode)?.display(),
+        spoe = shipped_spoe_conf(&spoe_dir)?.display(),
 
         t1 = t1.addr(),
         t2 = t2.addr(),

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use egress_common::client_hash::HashKey;
 use egress_e2e::bins::bin_path;
 use egress_e2e::client::echo_ip_via_proxy;
 use egress_e2e::echo::EchoServer;
-use egress_e2e::haproxy::{GLOBAL, Haproxy};
+use egress_e2e::haproxy::{GLOBAL, Haproxy, shipped_spoe_conf};
 use egress_e2e::ports::free_port;
 use egress_e2e::postgres::Postgres;
 use egress_e2e::process::{ChildSpec, ManagedChild};
@@ -27,16 +26,6 @@ use egress_e2e::wait_until;
 
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
 const BACKEND: &str = "egress";
-
-/// The shipped SPOE engine file with `timeout processing` raised to 2 s, so a loaded test machine
-/// does not fail open on the first exchange (fail-open itself is covered by spoa_e2e).
-fn spoe_conf(dir: &Path) -> anyhow::Result<PathBuf> {
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../haproxy/spoe-egress.conf");
-    let text = std::fs::read_to_string(shipped)?;
-    let path = dir.join("spoe-egress.conf");
-    std::fs::write(&path, text.replace("timeout processing 15ms", "timeout processing 2s"))?;
-    Ok(path)
-}
 
 /// Run `egress-checker <args>` to completion and return its stdout; fail with stderr otherwise.
 fn cli(db: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -96,7 +85,10 @@ fn checker_and_agent_fill_the_ledger_and_who_answers_from_it() -> anyhow::Result
     let spoa_port = free_port()?;
     let mut servers = String::new();
     for (name, t) in &proxies {
-        servers.push_str(&format!("    server {name} {} agent-send \"{BACKEND}/{name}\\n\"\n", t.addr()));
+        servers.push_str(&format!(
+            "    server {name} {} agent-send \"{BACKEND}/{name}\\n\"\n",
+            t.addr()
+        ));
     }
     let config = format!(
         "{GLOBAL}
@@ -120,7 +112,7 @@ backend spoe-egress
     option spop-check
     server spoa1 127.0.0.1:{spoa_port} check inter 500ms
 ",
-        spoe = spoe_conf(dir.path())?.display(),
+        spoe = shipped_spoe_conf(dir.path())?.display(),
     );
     let haproxy = Haproxy::start(&config)?;
 
@@ -155,7 +147,9 @@ backend spoe-egress
     for (name, _) in &proxies {
         let server = format!("{BACKEND}/{name}");
         assert!(
-            wait_until(wait, || history_kinds(&db, &server).iter().any(|k| k == "exit_ip_observed")),
+            wait_until(wait, || history_kinds(&db, &server)
+                .iter()
+                .any(|k| k == "exit_ip_observed")),
             "no exit_ip_observed for {server}: {:?}\nchecker:\n{}",
             history_kinds(&db, &server),
             checker.logs()
@@ -177,7 +171,9 @@ backend spoe-egress
         .arg("1s")
         .arg("--spool-path")
         .arg(dir.path().join("spoa.spool"));
-    let mut spoa: ManagedChild = ChildSpec::new("egress-spoa", spoa_cmd).grace(Duration::from_secs(10)).spawn()?;
+    let mut spoa: ManagedChild = ChildSpec::new("egress-spoa", spoa_cmd)
+        .grace(Duration::from_secs(10))
+        .spawn()?;
 
     let status = |server: &str| {
         haproxy
@@ -188,7 +184,11 @@ backend spoe-egress
             .unwrap_or_default()
     };
     for (name, _) in &proxies {
-        assert!(wait_until(wait, || status(name) == "UP"), "{name}: {}", status(name));
+        assert!(
+            wait_until(wait, || status(name) == "UP"),
+            "{name}: {}",
+            status(name)
+        );
     }
     let spoe_up = || {
         haproxy
@@ -218,23 +218,36 @@ backend spoe-egress
     let mut by_exit: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for &c in &clients {
         let exit = echo_ip_via_proxy(front, &echo, Some(c))?.trim().to_owned();
-        assert!(exit_of_server.values().any(|e| *e == exit), "client {c} exit {exit}");
+        assert!(
+            exit_of_server.values().any(|e| *e == exit),
+            "client {c} exit {exit}"
+        );
         by_exit
             .entry(exit)
             .or_default()
             .insert(key.hash(c.to_string().as_bytes()).to_string());
     }
-    assert!(by_exit.len() >= 2, "source hashing should spread 24 clients: {by_exit:?}");
+    assert!(
+        by_exit.len() >= 2,
+        "source hashing should spread 24 clients: {by_exit:?}"
+    );
 
     // SIGTERM: the agent drains, flushes the open minute to the ledger writer, and the writer
     // flushes to Postgres before the process exits.
     let code = spoa.stop();
-    assert!(code.is_some_and(|c| c.success()), "spoa exit {code:?}:\n{}", spoa.logs());
+    assert!(
+        code.is_some_and(|c| c.success()),
+        "spoa exit {code:?}:\n{}",
+        spoa.logs()
+    );
 
     // who --ip: exactly the clients that used each exit IP (the warm-up client aside).
     let warmup = key.hash(b"127.0.2.1").to_string();
     for (exit, want) in &by_exit {
-        let rows = json_rows(&cli(&db, &["who", "--ip", exit, "--at", "now", "--window", "10m", "--json"])?)?;
+        let rows = json_rows(&cli(
+            &db,
+            &["who", "--ip", exit, "--at", "now", "--window", "10m", "--json"],
+        )?)?;
         let got: BTreeSet<String> = rows
             .iter()
             .filter_map(|r| r.get("client_hash").and_then(|h| h.as_str()).map(str::to_owned))
@@ -247,7 +260,14 @@ backend spoe-egress
     let probe_client = clients[5];
     let rows = json_rows(&cli(
         &db,
-        &["who", "--client", &probe_client.to_string(), "--from", "1h", "--json"],
+        &[
+            "who",
+            "--client",
+            &probe_client.to_string(),
+            "--from",
+            "1h",
+            "--json",
+        ],
     )?)?;
     let expected_exit = by_exit
         .iter()
@@ -265,12 +285,17 @@ backend spoe-egress
     proxies[2].1.kill();
     let server = format!("{BACKEND}/{dead_name}");
     assert!(
-        wait_until(wait, || history_kinds(&db, &server).iter().any(|k| k == "quarantined")),
+        wait_until(wait, || history_kinds(&db, &server)
+            .iter()
+            .any(|k| k == "quarantined")),
         "no quarantine event for {server}: {:?}\nchecker:\n{}",
         history_kinds(&db, &server),
         checker.logs()
     );
     let table = cli(&db, &["history", &server, "--since", "1h"])?;
-    assert!(table.contains("quarantined") && table.contains("refused"), "{table}");
+    assert!(
+        table.contains("quarantined") && table.contains("refused"),
+        "{table}"
+    );
     Ok(())
 }
