@@ -4,7 +4,6 @@
 //! Needs the binaries: `cargo build -p egress-spoa --bins` (or `cargo build --workspace --bins`).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -121,7 +120,7 @@ backend spoe-egress
     option spop-check
     server spoa1 {agent_addr} check inter 200ms fall 1 rise 1
 ",
-        spoe = shipped_spoe_conf(&spoe_dir)?.display(),
+        spoe = shipped_spoe_conf(spoe_dir.path())?.display(),
 
         t1 = t1.addr(),
         t2 = t2.addr(),
