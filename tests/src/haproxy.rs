@@ -248,6 +248,26 @@ pub fn parse_servers_state(text: &str) -> anyhow::Result<Vec<HashMap<String, Str
         .collect())
 }
 
+/// The shipped SPOE engine file (`haproxy/spoe-egress.conf`) copied into `dir`, with its
+/// `timeout processing` raised from 15 ms to 2 s: on a loaded test machine the first exchange
+/// (connect + HELLO + NOTIFY) can exceed 15 ms, and HAProxy would fail open. Fail-open itself is
+/// tested separately. Everything else is the file as shipped.
+pub fn shipped_spoe_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../haproxy/spoe-egress.conf");
+    let text =
+        std::fs::read_to_string(&shipped).map_err(|e| anyhow::anyhow!("{}: {e}", shipped.display()))?;
+    anyhow::ensure!(
+        text.contains("timeout processing 15ms"),
+        "the shipped SPOE processing timeout changed: update shipped_spoe_conf"
+    );
+    let path = dir.join("spoe-egress.conf");
+    std::fs::write(
+        &path,
+        text.replace("timeout processing 15ms", "timeout processing 2s"),
+    )?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,24 +304,4 @@ mod tests {
         assert!(parse_show_stat("Unknown command\n").is_err());
         assert!(parse_servers_state("Can't find backend.\n").is_err());
     }
-}
-
-/// The shipped SPOE engine file (`haproxy/spoe-egress.conf`) copied into `dir`, with its
-/// `timeout processing` raised from 15 ms to 2 s: on a loaded test machine the first exchange
-/// (connect + HELLO + NOTIFY) can exceed 15 ms, and HAProxy would fail open. Fail-open itself is
-/// tested separately. Everything else is the file as shipped.
-pub fn shipped_spoe_conf(dir: &Path) -> anyhow::Result<PathBuf> {
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../haproxy/spoe-egress.conf");
-    let text =
-        std::fs::read_to_string(&shipped).map_err(|e| anyhow::anyhow!("{}: {e}", shipped.display()))?;
-    anyhow::ensure!(
-        text.contains("timeout processing 15ms"),
-        "the shipped SPOE processing timeout changed: update shipped_spoe_conf"
-    );
-    let path = dir.join("spoe-egress.conf");
-    std::fs::write(
-        &path,
-        text.replace("timeout processing 15ms", "timeout processing 2s"),
-    )?;
-    Ok(path)
 }
