@@ -75,6 +75,14 @@ impl LedgerError {
     /// True when Postgres refused the row itself (SQLSTATE class 22, data exception, or 23, integrity
     /// constraint violation, e.g. a CHECK): retrying cannot help, but other rows are fine. Other
     /// permanent errors (a missing table, no permission) say nothing about the row, so rows are kept.
+    /// A unique-key violation (SQLSTATE 23505).
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Query(sqlx::Error::Database(db)) => db.code().is_some_and(|c| c == "23505"),
+            _ => false,
+        }
+    }
+
     pub(crate) fn is_row_rejection(&self) -> bool {
         match self {
             Self::Query(sqlx::Error::Database(db)) => db

@@ -195,6 +195,16 @@ async fn attribution_upserts_merge_and_partitions_drop_by_day() -> anyhow::Resul
     assert_eq!(big.3, a.last_seen.max(b.last_seen));
     let small = rows.iter().find(|r| r.0 == 7).unwrap();
     assert_eq!(small.1, 2);
+    // A batch mixing a new key with an existing one: the fast plain INSERT hits the unique key,
+    // the savepoint undoes it, and the merge path stores both exactly once.
+    let fresh = row(8, "s1", None, f, f, 4);
+    store.upsert_attribution(&[no_ip.clone(), fresh]).await?;
+    let mixed: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT client_hash, requests FROM attribution WHERE client_hash IN (7, 8) ORDER BY 1",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    assert_eq!(mixed, vec![(7, 3), (8, 4)]);
 
     // Retention: a partition from 40 days ago is dropped as a whole, the current ones stay.
     let old_day = (now - TimeDelta::days(40)).date_naive();
@@ -221,7 +231,8 @@ async fn attribution_upserts_merge_and_partitions_drop_by_day() -> anyhow::Resul
         count(&store, "SELECT count(*) FROM attribution WHERE client_hash = 9").await,
         0
     );
-    assert_eq!(count(&store, "SELECT count(*) FROM attribution").await, 2);
+    // The three current keys (u64::MAX, 7, 8) stay.
+    assert_eq!(count(&store, "SELECT count(*) FROM attribution").await, 3);
     // Idempotent.
     assert_eq!(
         store
