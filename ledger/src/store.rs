@@ -156,6 +156,56 @@ pub struct Store {
     partitions: Arc<Mutex<HashSet<NaiveDate>>>,
 }
 
+/// One chunk of attribution rows as column arrays, in the parameter order of the two statements below.
+type AttributionCols<'a> = (
+    &'a [i64],
+    &'a [&'a str],
+    &'a [&'a str],
+    &'a [Option<String>],
+    &'a [DateTime<Utc>],
+    &'a [DateTime<Utc>],
+    &'a [DateTime<Utc>],
+    &'a [i64],
+);
+
+/// Plain insert of a chunk (a macro so the merge statement can extend it with `concat!`).
+macro_rules! attribution_insert {
+    () => {
+        "INSERT INTO attribution AS a
+             (client_hash, backend, server, exit_ip, window_start, first_seen, last_seen, requests)
+         SELECT h, b, s, ip::inet, w, f, l, r
+         FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::timestamptz[], $7::timestamptz[], $8::int8[]) AS u(h, b, s, ip, w, f, l, r)"
+    };
+}
+
+/// The fast path, when every key is new.
+const ATTRIBUTION_INSERT: &str = attribution_insert!();
+
+/// The same insert merging into existing keys: the fallback on a unique violation.
+const ATTRIBUTION_MERGE: &str = concat!(
+    attribution_insert!(),
+    " ON CONFLICT ON CONSTRAINT attribution_key DO UPDATE SET
+         requests = a.requests + EXCLUDED.requests,
+         first_seen = LEAST(a.first_seen, EXCLUDED.first_seen),
+         last_seen = GREATEST(a.last_seen, EXCLUDED.last_seen)"
+);
+
+fn bind_rows<'q>(
+    sql: &'q str,
+    (h, b, s, ip, w, f, l, r): AttributionCols<'q>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(h)
+        .bind(b)
+        .bind(s)
+        .bind(ip)
+        .bind(w)
+        .bind(f)
+        .bind(l)
+        .bind(r)
+}
+
 const IP_KINDS: &str = "('rotated', 'exit_ip_changed', 'exit_ip_leak', 'exit_ip_observed')";
 
 impl Store {
@@ -378,24 +428,13 @@ impl Store {
             // unique violation (an early flush of the same window, another agent, a retried batch)
             // the savepoint undoes the attempt and the chunk is merged with ON CONFLICT DO UPDATE,
             // so requests are never counted twice.
+            let cols = (&h[..], &b[..], &s[..], &ip[..], &w[..], &f[..], &l[..], &r[..]);
             self.bounded(sqlx::query("SAVEPOINT attribution_fast").execute(&mut *tx))
                 .await?;
-            let fast = sqlx::query(
-                "INSERT INTO attribution
-                     (client_hash, backend, server, exit_ip, window_start, first_seen, last_seen, requests)
-                 SELECT h, b, s, ip::inet, w, f, l, r
-                 FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                             $6::timestamptz[], $7::timestamptz[], $8::int8[]) AS u(h, b, s, ip, w, f, l, r)",
-            )
-            .bind(&h[..])
-            .bind(&b[..])
-            .bind(&s[..])
-            .bind(&ip[..])
-            .bind(&w[..])
-            .bind(&f[..])
-            .bind(&l[..])
-            .bind(&r[..]);
-            let res = match self.bounded(fast.execute(&mut *tx)).await {
+            let res = match self
+                .bounded(bind_rows(ATTRIBUTION_INSERT, cols).execute(&mut *tx))
+                .await
+            {
                 Ok(done) => {
                     self.bounded(sqlx::query("RELEASE SAVEPOINT attribution_fast").execute(&mut *tx))
                         .await?;
@@ -404,26 +443,8 @@ impl Store {
                 Err(e) if e.is_unique_violation() => {
                     self.bounded(sqlx::query("ROLLBACK TO SAVEPOINT attribution_fast").execute(&mut *tx))
                         .await?;
-                    let merge = sqlx::query(
-                        "INSERT INTO attribution AS a
-                     (client_hash, backend, server, exit_ip, window_start, first_seen, last_seen, requests)
-                 SELECT h, b, s, ip::inet, w, f, l, r
-                 FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                             $6::timestamptz[], $7::timestamptz[], $8::int8[]) AS u(h, b, s, ip, w, f, l, r)
-                 ON CONFLICT ON CONSTRAINT attribution_key DO UPDATE SET
-                     requests = a.requests + EXCLUDED.requests,
-                     first_seen = LEAST(a.first_seen, EXCLUDED.first_seen),
-                     last_seen = GREATEST(a.last_seen, EXCLUDED.last_seen)",
-                    )
-                    .bind(&h[..])
-                    .bind(&b[..])
-                    .bind(&s[..])
-                    .bind(&ip[..])
-                    .bind(&w[..])
-                    .bind(&f[..])
-                    .bind(&l[..])
-                    .bind(&r[..]);
-                    self.bounded(merge.execute(&mut *tx)).await
+                    self.bounded(bind_rows(ATTRIBUTION_MERGE, cols).execute(&mut *tx))
+                        .await
                 }
                 Err(e) => Err(e),
             };
