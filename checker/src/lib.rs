@@ -21,6 +21,7 @@ pub mod ledger_observer;
 pub mod metrics;
 pub mod observer;
 pub mod probe;
+pub mod report;
 pub mod runtime_api;
 pub mod scheduler;
 pub mod state;

@@ -72,6 +72,9 @@ enum Command {
     Who(commands::WhoArgs),
     /// The event timeline of one server: quarantines, restores, drains, rotations, exit-IP changes.
     History(commands::HistoryArgs),
+    /// The morning report: report.json, a static index.html with a timeline per server, and a Slack
+    /// summary, over the last 24 h (--since). Files are replaced atomically; a failed run keeps the last.
+    Report(egress_checker::report::ReportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         Some(Command::Migrate(db)) => return commands::migrate(db),
         Some(Command::Who(args)) => return commands::who(args),
         Some(Command::History(args)) => return commands::history(args),
+        Some(Command::Report(args)) => return egress_checker::report::main(args),
         None => {
             eprintln!("no command given; see egress-checker --help");
             return ExitCode::from(2);

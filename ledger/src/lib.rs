@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 mod metrics;
 pub mod output;
+pub mod report;
 pub mod spool;
 pub mod store;
 pub mod writer;

@@ -1,0 +1,559 @@
+//! `egress-checker report` against a real Postgres holding a generated day of events; the Slack
+//! webhook against a local HTTP server that records requests and answers 429, 500 and 200; the page
+//! in a real browser (headless Chromium).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use egress_checker::report::{html, model, sample};
+use egress_e2e::postgres::Postgres;
+use egress_e2e::process::ChildSpec;
+use egress_ledger::{Actor, Event, EventKind, Store};
+use serde_json::Value;
+
+const SECRET_PATH: &str = "/services/T000/B000/s3cr3t-token";
+
+fn checker(db: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-checker"));
+    cmd.arg("report")
+        .args(args)
+        .env("EGRESS_DATABASE_URL", db)
+        .env("EGRESS_CHECKER_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run egress-checker")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The generated day plus a server whose name and reason try to break out of the HTML.
+fn load_day(url: &str) -> anyhow::Result<()> {
+    let end = Utc::now() - TimeDelta::minutes(1);
+    let mut events = sample::day_of_events(end);
+    events.push(
+        Event::new(
+            EventKind::Quarantined,
+            Actor::Checker,
+            "evil\"be",
+            "<img src=x onerror=alert(1)>&",
+        )
+        .at(end - TimeDelta::hours(2))
+        .reason("<script>alert('r')</script>"),
+    );
+    runtime().block_on(async {
+        let store = Store::connect(url).await?;
+        store.insert_events(&events).await?;
+        store.close().await;
+        Ok(())
+    })
+}
+
+/// Validate `doc` against docs/report.schema.json with python3's `jsonschema` (Draft 2020-12).
+fn schema_check(doc: &Value) -> Result<(), String> {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.schema.json");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("doc.json");
+    std::fs::write(&file, serde_json::to_vec(doc).unwrap()).unwrap();
+    let script = "import json, sys, jsonschema\n\
+        s = json.load(open(sys.argv[1]))\n\
+        jsonschema.Draft202012Validator.check_schema(s)\n\
+        v = jsonschema.Draft202012Validator(s, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)\n\
+        errs = [f'{list(e.absolute_path)}: {e.message}' for e in v.iter_errors(json.load(open(sys.argv[2])))]\n\
+        print('\\n'.join(errs)); sys.exit(1 if errs else 0)\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&schema)
+        .arg(&file)
+        .output()
+        .expect("python3 is needed to validate the JSON Schema (Debian: python3, pip: jsonschema)");
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "python3's jsonschema module is missing (pip install jsonschema, or kubernetes-validate): {stderr}"
+    );
+    Err(format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A recorded request: request line, header lines, body.
+type Recorded = (String, Vec<String>, String);
+
+/// A scripted webhook: answers the statuses in order (the last one forever) and records requests.
+struct Webhook {
+    url: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+fn webhook(script: &'static [(u16, Option<u64>)]) -> Webhook {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}{SECRET_PATH}", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let rec = requests.clone();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate().take(50) {
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut headers = Vec::new();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                headers.push(h.trim_end().to_owned());
+            }
+            let mut body = vec![0u8; len.min(1 << 20)];
+            let _ = reader.read_exact(&mut body);
+            rec.lock().unwrap().push((
+                line.trim_end().to_owned(),
+                headers,
+                String::from_utf8_lossy(&body).into_owned(),
+            ));
+            let (status, retry_after) = script[i.min(script.len() - 1)];
+            let reason = match status {
+                200 => "OK",
+                429 => "Too Many Requests",
+                _ => "Internal Server Error",
+            };
+            let body = if status == 200 { "ok" } else { "oops" };
+            let extra = retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} {reason}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Webhook { url, requests }
+}
+
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Result<()> {
+    let mut pg = Postgres::start()?;
+    let db = pg.url().to_owned();
+    load_day(&db)?;
+    let out_dir = tempfile::tempdir()?;
+    let out = out_dir.path().to_str().unwrap();
+
+    // 1. The report itself, without Slack.
+    let o = checker(&db, &["--out", out, "--title", "test pool"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("8 servers"),
+        "{}",
+        text(&o)
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(out_dir.path().join("report.json"))?)?;
+    schema_check(&report).map_err(anyhow::Error::msg)?;
+    let parsed: model::Report = serde_json::from_value(report.clone())?;
+    let srv = |name: &str| {
+        parsed
+            .servers
+            .iter()
+            .find(|s| s.server == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert_eq!(parsed.schema_version, model::SCHEMA_VERSION);
+    assert!(
+        (parsed.window.seconds - 86_400.0).abs() < 120.0,
+        "{}",
+        parsed.window.seconds
+    );
+    // The flapper: six quarantines, six recoveries, 56 minutes quarantined.
+    let gw2 = srv("gw-02");
+    assert_eq!((gw2.quarantines.count, gw2.recoveries), (6, 6));
+    assert!(
+        (gw2.quarantines.total_seconds - 56.0 * 60.0).abs() < 1.0,
+        "{}",
+        gw2.quarantines.total_seconds
+    );
+    assert_eq!(gw2.quarantines.reasons[0].reason, "connect-timeout");
+    assert_eq!(gw2.quarantines.reasons[0].count, 4);
+    assert_eq!(parsed.pool.most_flapping[0].server, "gw-02");
+    // Quarantined since before the window: counted from the window's start to the restore (3 h).
+    let kr1 = srv("kr-01");
+    assert_eq!((kr1.quarantines.count, kr1.recoveries), (0, 1));
+    assert_eq!(kr1.segments[0].state, model::State::Quarantined);
+    assert_eq!(kr1.segments[0].from, parsed.window.since);
+    let q = kr1.quarantines.total_seconds;
+    assert!((q - (3.0 * 3600.0 - 60.0)).abs() < 90.0, "{q}");
+    // A quarantine healed by a rotation, with its IPs.
+    let gw3 = srv("gw-03");
+    assert_eq!(gw3.rotations.len(), 1);
+    assert_eq!(gw3.rotations[0].old_ip.as_deref(), Some("203.0.113.13"));
+    assert_eq!(gw3.rotations[0].new_ip.as_deref(), Some("203.0.113.113"));
+    assert_eq!(gw3.exit_ip.as_deref(), Some("203.0.113.113"));
+    let states: Vec<_> = gw3.segments.iter().map(|s| s.state).collect();
+    use model::State::*;
+    assert_eq!(states, [Healthy, Quarantined, Healthy]);
+    // A scheduled rotation: draining 25 min, maint 6 min.
+    let gw4 = srv("gw-04");
+    let states: Vec<_> = gw4.segments.iter().map(|s| s.state).collect();
+    assert_eq!(states, [Healthy, Draining, Maint, Healthy]);
+    assert!((gw4.unavailable_seconds - 31.0 * 60.0).abs() < 1.0);
+    // The failed rotation and the open quarantine.
+    let gw5 = srv("gw-05");
+    assert_eq!(gw5.rotation_failures.len(), 1);
+    assert_eq!(gw5.state_now, Quarantined);
+    let open: Vec<&str> = parsed
+        .pool
+        .open_quarantines
+        .iter()
+        .map(|q| q.server.as_str())
+        .collect();
+    assert_eq!(open, ["gw-05", "<img src=x onerror=alert(1)>&"]);
+    assert_eq!(parsed.pool.rotations, 2);
+    assert_eq!(parsed.pool.rotation_failures, 1);
+    assert_eq!(parsed.pool.quarantines, 6 + 1 + 1 + 1);
+    assert_eq!(srv("gw-01").availability, Some(1.0));
+    assert_eq!((srv("kr-02").exit_ip_changes, srv("kr-02").exit_ip_leaks), (2, 1));
+    // Segments tile [observed_from, until] for every server.
+    for s in &parsed.servers {
+        assert_eq!(s.segments.first().unwrap().from, s.observed_from, "{}", s.server);
+        assert_eq!(s.segments.last().unwrap().to, parsed.window.until, "{}", s.server);
+        for w in s.segments.windows(2) {
+            assert_eq!(w[0].to, w[1].from, "{}", s.server);
+            assert_ne!(w[0].state, w[1].state, "{}", s.server);
+        }
+    }
+    // The schema refuses what it should (so the check above can fail).
+    let mut broken = report.clone();
+    broken["servers"][0]["state_now"] = "asleep".into();
+    assert!(schema_check(&broken).is_err());
+    let mut broken = report.clone();
+    broken["pool"].as_object_mut().unwrap().remove("availability");
+    assert!(schema_check(&broken).is_err());
+
+    // The page escapes what came from the database.
+    let page = std::fs::read_to_string(out_dir.path().join("index.html"))?;
+    assert!(
+        !page.contains("<img src=x") && !page.contains("<script>"),
+        "unescaped text in the page"
+    );
+    assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;&amp;"));
+    assert!(page.contains("&lt;script&gt;alert(&#39;r&#39;)&lt;/script&gt;"));
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "external asset"
+    );
+    assert_eq!(page.matches("class=\"row server\"").count(), 8);
+
+    // 2. Slack: 429 (Retry-After: 1), then 500, then 200.
+    let hook = webhook(&[(429, Some(1)), (500, None), (200, None)]);
+    let started = std::time::Instant::now();
+    let o = checker(
+        &db,
+        &["--out", out, "--slack-webhook-url-env", "TEST_HOOK"],
+        &[("TEST_HOOK", &hook.url)],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("3 attempts"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !text(&o).contains("s3cr3t"),
+        "the webhook URL leaked: {}",
+        text(&o)
+    );
+    let reqs = hook.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 3);
+    for (line, headers, body) in &reqs {
+        assert_eq!(line, &format!("POST {SECRET_PATH} HTTP/1.1"));
+        assert!(
+            headers.iter().any(|h| h
+                .to_ascii_lowercase()
+                .starts_with("content-type: application/json")),
+            "{headers:?}"
+        );
+        let msg: Value = serde_json::from_str(body)?;
+        let blocks = msg["blocks"].as_array().unwrap();
+        assert!(!blocks.is_empty() && blocks.len() <= 50);
+        assert!(msg["text"].as_str().unwrap().contains("availability"));
+        assert_eq!(blocks[0]["type"], "header");
+        assert!(
+            body.contains("gw-05") && body.contains("203.0.113.13 → 203.0.113.113"),
+            "{body}"
+        );
+        assert!(body.contains("&lt;img src=x"), "mrkdwn not escaped: {body}");
+    }
+
+    // 3. A webhook that always fails: non-zero, the last report stays, no temp file left behind.
+    let before = snapshot(out_dir.path());
+    let hook = webhook(&[(500, None)]);
+    let o = checker(
+        &db,
+        &[
+            "--out",
+            out,
+            "--slack-webhook-url-file",
+            &write_secret(&out_dir, &hook.url)?,
+            "--slack-timeout",
+            "20s",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("gave up after 5 attempts") && stderr.contains("HTTP 500"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        stderr.contains("previous report was left in place"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !text(&o).contains("s3cr3t"),
+        "the webhook URL leaked: {}",
+        text(&o)
+    );
+    assert_eq!(hook.requests.lock().unwrap().len(), 5);
+    assert_eq!(snapshot(out_dir.path()), before, "the previous report changed");
+
+    // 4. The database is down: non-zero, a clear message, the last report stays.
+    pg.stop()?;
+    let o = checker(&db, &["--out", out], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("cannot read the ledger: database unreachable"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot(out_dir.path()), before, "the previous report changed");
+
+    // 5. Usage errors exit 2 before touching anything.
+    let o = checker(
+        &db,
+        &["--out", out, "--slack-webhook-url-env", "NOT_SET_ANYWHERE"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = checker(&db, &["--out", out, "--since", "yesterday"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = checker(
+        &db,
+        &[
+            "--out",
+            out,
+            "--slack-webhook-url-env",
+            "A",
+            "--slack-webhook-url-file",
+            "/x",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(snapshot(out_dir.path()), before);
+    Ok(())
+}
+
+/// The secret file the secret-file variant reads (inside the output dir's parent would leak into the
+/// snapshot, so it lives in its own temp dir that outlives the call).
+fn write_secret(_out: &tempfile::TempDir, url: &str) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?.keep();
+    let path = dir.join("webhook-url");
+    std::fs::write(&path, format!("{url}\n"))?;
+    Ok(path.to_str().unwrap().to_owned())
+}
+
+/// Count pixels within a small distance of `rgb`.
+fn count_colour(png_path: &Path, rgb: (u8, u8, u8)) -> usize {
+    let decoder = png::Decoder::new(BufReader::new(std::fs::File::open(png_path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| {
+            let d = |a: u8, b: u8| (a as i32 - b as i32).abs();
+            channels >= 3 && d(p[0], rgb.0) <= 6 && d(p[1], rgb.1) <= 6 && d(p[2], rgb.2) <= 6
+        })
+        .count()
+}
+
+fn hex(c: &str) -> (u8, u8, u8) {
+    let v = u32::from_str_radix(c.trim_start_matches('#'), 16).unwrap();
+    ((v >> 16) as u8, (v >> 8) as u8, v as u8)
+}
+
+#[test]
+fn the_page_renders_its_timelines_in_chromium() -> anyhow::Result<()> {
+    let Some(chromium) = ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|n| find_in_path(n))
+    else {
+        eprintln!(
+            "SKIPPED: chromium is not installed (Debian package `chromium`); the page was not checked in a browser"
+        );
+        return Ok(());
+    };
+    let end = Utc::now();
+    let events = sample::day_of_events(end);
+    let (before, inside): (Vec<Event>, Vec<Event>) = events
+        .into_iter()
+        .partition(|e| e.at < end - TimeDelta::hours(24));
+    let report = model::build(
+        "browser test",
+        end - TimeDelta::hours(24),
+        end,
+        &before,
+        &inside,
+        false,
+    );
+    let dir = tempfile::tempdir()?.keep();
+    let page = dir.join("index.html");
+    std::fs::write(&page, html::render(&report))?;
+    let shot = dir.join("report.png");
+    let profile = dir.join("profile");
+    let mut cmd = Command::new(&chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1400,1000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--screenshot={}", shot.display()))
+    .arg(format!("file://{}", page.display()));
+    ChildSpec::new("chromium", cmd).run(Duration::from_secs(120))?;
+    eprintln!("screenshot: {}", shot.display());
+    let red = count_colour(&shot, hex(html::colour(model::State::Quarantined)));
+    let green = count_colour(&shot, hex(html::colour(model::State::Healthy)));
+    let amber = count_colour(&shot, hex(html::colour(model::State::Draining)));
+    eprintln!("pixels: healthy {green}, quarantined {red}, draining {amber}");
+    // 7 tracks 920 px wide and 18 high, mostly healthy; kr-01's 3 h and gw-05's 5 h are quarantined.
+    assert!(
+        green > 40_000,
+        "the healthy timelines did not render: {green} pixels"
+    );
+    assert!(red > 5_000, "the quarantines did not render: {red} pixels");
+    assert!(amber > 200, "the drains did not render: {amber} pixels");
+
+    // The DOM the browser built holds every segment.
+    let mut cmd = Command::new(&chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("file://{}", page.display()));
+    let dom = ChildSpec::new("chromium-dom", cmd).run(Duration::from_secs(120))?;
+    let segments: usize = report.servers.iter().map(|s| s.segments.len()).sum();
+    assert_eq!(
+        dom.matches("class=\"seg quarantined\"").count(),
+        report
+            .servers
+            .iter()
+            .flat_map(|s| &s.segments)
+            .filter(|s| s.state == model::State::Quarantined)
+            .count()
+    );
+    assert!(
+        dom.matches("class=\"seg ").count() >= segments,
+        "{segments} segments expected in the DOM"
+    );
+    Ok(())
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Regenerate docs/sample-report/ from the generated day (run by hand; see docs/report.md).
+#[test]
+#[ignore = "writes docs/sample-report/; run with --ignored to regenerate the sample"]
+fn regenerate_sample_report() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let events = sample::day_of_events(Utc::now());
+    runtime().block_on(async {
+        let store = Store::connect(pg.url()).await?;
+        store.insert_events(&events).await?;
+        store.close().await;
+        anyhow::Ok(())
+    })?;
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/sample-report");
+    let o = checker(
+        pg.url(),
+        &["--out", out.to_str().unwrap(), "--title", "sample pool"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
+    schema_check(&report).map_err(anyhow::Error::msg)?;
+    Ok(())
+}
