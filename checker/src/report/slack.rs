@@ -314,3 +314,76 @@ fn jittered(base: &mut Duration) -> Duration {
     let factor = rand::rng().random_range(0.5..1.5);
     b.mul_f64(factor)
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, Utc};
+    use egress_ledger::{Actor, Event, EventKind};
+
+    use super::*;
+    use crate::report::model;
+
+    fn text_len(v: &Value) -> usize {
+        v.as_str().map_or(0, |s| s.chars().count())
+    }
+
+    #[test]
+    fn a_huge_pool_still_fits_slack_limits() {
+        let end = Utc::now();
+        let since = end - TimeDelta::hours(24);
+        let mut events = Vec::new();
+        for i in 0..600 {
+            let server = format!("server-with-a-rather-long-name-{i:04}-{}", "x".repeat(100));
+            let at = since + TimeDelta::minutes(i);
+            events.push(
+                Event::new(EventKind::Quarantined, Actor::Checker, "egress", &server)
+                    .at(at)
+                    .reason("connect-timeout"),
+            );
+            events.push(
+                Event::new(EventKind::Restored, Actor::Checker, "egress", &server)
+                    .at(at + TimeDelta::seconds(5)),
+            );
+            events.push(
+                Event::new(EventKind::Quarantined, Actor::Checker, "egress", &server)
+                    .at(at + TimeDelta::seconds(9)),
+            );
+            events.push(
+                Event::new(EventKind::Rotated, Actor::Rotator, "egress", &server)
+                    .at(at + TimeDelta::seconds(20))
+                    .old_ip("203.0.113.1".parse().unwrap())
+                    .new_ip("203.0.113.2".parse().unwrap()),
+            );
+        }
+        let report = model::build(&"t".repeat(500), since, end, &[], &events, false);
+        let msg = message(&report, Some("https://reports.example/egress/"));
+        let blocks = msg["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= MAX_BLOCKS);
+        assert!(text_len(&msg["text"]) <= MAX_FALLBACK_TEXT);
+        assert!(text_len(&blocks[0]["text"]["text"]) <= MAX_HEADER_TEXT);
+        let mut sections = 0;
+        for b in blocks {
+            if b["type"] == "section" {
+                if let Some(fields) = b["fields"].as_array() {
+                    assert!(fields.len() <= MAX_FIELDS);
+                    assert!(fields.iter().all(|f| text_len(&f["text"]) <= MAX_FIELD_TEXT));
+                } else {
+                    sections += 1;
+                    let t = b["text"]["text"].as_str().unwrap();
+                    assert!(t.chars().count() <= MAX_SECTION_TEXT, "{}", t.len());
+                    if !t.starts_with("*Flapped most*") {
+                        assert!(t.contains("more"), "a cut list says how many were left out");
+                    }
+                }
+            }
+        }
+        assert_eq!(sections, 3, "open quarantines, flappers, rotations");
+    }
+
+    #[test]
+    fn mrkdwn_control_characters_are_escaped() {
+        assert_eq!(mrkdwn_escape("<!channel> & co"), "&lt;!channel&gt; &amp; co");
+        assert_eq!(cut("abcdef", 4), "abc…");
+        assert_eq!(cut("abc", 4), "abc");
+    }
+}
