@@ -557,3 +557,47 @@ fn regenerate_sample_report() -> anyhow::Result<()> {
     schema_check(&report).map_err(anyhow::Error::msg)?;
     Ok(())
 }
+
+/// Wall time of `report` over a month of history for 28 servers (4 copies of the generated day's
+/// 7 servers, 30 days): prints the figure quoted in docs/report.md.
+#[test]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+fn measure_report_over_a_month_of_history() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let now = Utc::now();
+    let mut events = Vec::new();
+    for day in 0..30 {
+        for copy in 0..4 {
+            for mut e in sample::day_of_events(now - TimeDelta::days(day)) {
+                e.server = format!("{}-{copy}", e.server);
+                e.id = uuid::Uuid::now_v7();
+                events.push(e);
+            }
+        }
+    }
+    runtime().block_on(async {
+        let store = Store::connect(pg.url()).await?;
+        for chunk in events.chunks(5000) {
+            store.insert_events(chunk).await?;
+        }
+        store.close().await;
+        anyhow::Ok(())
+    })?;
+    let out = tempfile::tempdir()?;
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let o = checker(pg.url(), &["--out", out.path().to_str().unwrap()], &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        runs.push(started.elapsed().as_secs_f64());
+    }
+    runs.sort_by(f64::total_cmp);
+    eprintln!(
+        "{} events in the ledger, 28 servers: report wall time min {:.3}s median {:.3}s max {:.3}s",
+        events.len(),
+        runs[0],
+        runs[2],
+        runs[4]
+    );
+    Ok(())
+}

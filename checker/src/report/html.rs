@@ -345,7 +345,7 @@ pub fn render(report: &Report) -> String {
             .map(|r| {
                 format!(
                     "{} {} → {}",
-                    r.at.format("%H:%M"),
+                    r.at.format("%b %d %H:%M"),
                     escape(r.old_ip.as_deref().unwrap_or("?")),
                     escape(r.new_ip.as_deref().unwrap_or("?"))
                 )
@@ -354,7 +354,7 @@ pub fn render(report: &Report) -> String {
         rotations.extend(s.rotation_failures.iter().map(|f| {
             format!(
                 "{} failed{}",
-                f.at.format("%H:%M"),
+                f.at.format("%b %d %H:%M"),
                 f.reason
                     .as_deref()
                     .map(|r| format!(": {}", escape(r)))
@@ -372,7 +372,21 @@ pub fn render(report: &Report) -> String {
             backend = escape(&s.backend),
             c = colour(s.state_now),
             state = s.state_now.as_str(),
-            ip = escape(s.exit_ip.as_deref().unwrap_or("unknown")),
+            ip = {
+                let mut ip = escape(s.exit_ip.as_deref().unwrap_or("unknown"));
+                let plural = |n: u64, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+                let mut notes = Vec::new();
+                if s.exit_ip_changes > 0 {
+                    notes.push(plural(s.exit_ip_changes, "change"));
+                }
+                if s.exit_ip_leaks > 0 {
+                    notes.push(plural(s.exit_ip_leaks, "leak"));
+                }
+                if !notes.is_empty() {
+                    ip.push_str(&format!("<br><small>{}</small>", notes.join(", ")));
+                }
+                ip
+            },
             avail = percent(s.availability),
             qn = s.quarantines.count,
             qt = human_duration(s.quarantines.total_seconds),

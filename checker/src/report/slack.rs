@@ -129,36 +129,43 @@ pub fn message(report: &Report, link: Option<&str>) -> Value {
             bounded_lines(&lines, MAX_SECTION_TEXT - 40)
         )));
     }
-    let mut rotations: Vec<String> = Vec::new();
+    let mut rotations: Vec<(chrono::DateTime<chrono::Utc>, String)> = Vec::new();
     for s in &report.servers {
         for r in &s.rotations {
-            rotations.push(format!(
-                "• {} `{}/{}` {} → {}",
-                r.at.format("%H:%M"),
-                esc(&s.backend),
-                esc(&s.server),
-                esc(r.old_ip.as_deref().unwrap_or("?")),
-                esc(r.new_ip.as_deref().unwrap_or("?"))
+            rotations.push((
+                r.at,
+                format!(
+                    "• {} `{}/{}` {} → {}",
+                    r.at.format("%b %d %H:%M"),
+                    esc(&s.backend),
+                    esc(&s.server),
+                    esc(r.old_ip.as_deref().unwrap_or("?")),
+                    esc(r.new_ip.as_deref().unwrap_or("?"))
+                ),
             ));
         }
         for f in &s.rotation_failures {
-            rotations.push(format!(
-                "• {} `{}/{}` *failed*{}",
-                f.at.format("%H:%M"),
-                esc(&s.backend),
-                esc(&s.server),
-                f.reason
-                    .as_deref()
-                    .map(|r| format!(": {}", esc(r)))
-                    .unwrap_or_default()
+            rotations.push((
+                f.at,
+                format!(
+                    "• {} `{}/{}` *failed*{}",
+                    f.at.format("%b %d %H:%M"),
+                    esc(&s.backend),
+                    esc(&s.server),
+                    f.reason
+                        .as_deref()
+                        .map(|r| format!(": {}", esc(r)))
+                        .unwrap_or_default()
+                ),
             ));
         }
     }
     if !rotations.is_empty() {
         rotations.sort();
+        let lines: Vec<String> = rotations.into_iter().map(|(_, l)| l).collect();
         blocks.push(section(format!(
             "*Rotations (UTC)*\n{}",
-            bounded_lines(&rotations, MAX_SECTION_TEXT - 40)
+            bounded_lines(&lines, MAX_SECTION_TEXT - 40)
         )));
     }
     let mut context = format!(
