@@ -73,7 +73,8 @@ enum Command {
     /// The event timeline of one server: quarantines, restores, drains, rotations, exit-IP changes.
     History(commands::HistoryArgs),
     /// The morning report: report.json, a static index.html with a timeline per server, and a Slack
-    /// summary, over the last 24 h (--since). Files are replaced atomically; a failed run keeps the last.
+    /// summary, over the last 24 h (--since). Files are replaced atomically; a failed run leaves the
+    /// previous report in place.
     Report(egress_checker::report::ReportArgs),
 }
 

@@ -404,3 +404,56 @@ pub fn render(report: &Report) -> String {
     );
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, Utc};
+
+    use super::*;
+    use crate::report::{model, sample};
+
+    #[test]
+    fn axes_stay_readable_from_an_hour_to_a_month() {
+        let end = Utc::now();
+        for hours in [1, 6, 24, 24 * 7, 24 * 31] {
+            let since = end - TimeDelta::hours(hours);
+            let events = sample::day_of_events(end);
+            let (before, inside): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.at < since);
+            let report = model::build("t", since, end, &before, &inside, false);
+            let page = render(&report);
+            let axis = page
+                .split("class=\"axis\"")
+                .nth(1)
+                .unwrap()
+                .split("</svg>")
+                .next()
+                .unwrap();
+            let ticks = axis.matches("<text").count();
+            assert!((2..=13).contains(&ticks), "{hours} h: {ticks} ticks");
+            assert_eq!(page.matches("class=\"row server\"").count(), 7);
+        }
+    }
+
+    #[test]
+    fn an_empty_ledger_renders_a_page_that_says_so() {
+        let end = Utc::now();
+        let report = model::build("t", end - TimeDelta::hours(24), end, &[], &[], false);
+        let page = render(&report);
+        assert!(page.contains("No server has any event"));
+        assert!(page.contains("n/a"));
+    }
+
+    #[test]
+    fn text_is_escaped_and_durations_read_well() {
+        assert_eq!(
+            escape("<a href='x'>&\"\u{7}"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;\u{FFFD}"
+        );
+        assert_eq!(human_duration(17.0), "17s");
+        assert_eq!(human_duration(42.0 * 60.0), "42m");
+        assert_eq!(human_duration(3.0 * 3600.0 + 25.0 * 60.0), "3h 25m");
+        assert_eq!(human_duration(90_000.0), "1d 1h");
+        assert_eq!(percent(Some(0.999_99)), "99.99 %");
+        assert_eq!(percent(Some(1.0)), "100.00 %");
+    }
+}
