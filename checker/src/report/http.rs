@@ -248,6 +248,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_fail_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse_response(&bytes);
+            let mut framed = b"HTTP/1.1 503 x\r\n".to_vec();
+            framed.extend_from_slice(&bytes);
+            framed.extend_from_slice(b"\r\n\r\n");
+            let _ = parse_response(&framed);
+        }
+    }
+
     #[test]
     fn responses_parse_or_explain() {
         let r =
