@@ -97,8 +97,8 @@ fn schema_check(doc: &Value) -> Result<(), String> {
     Err(format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// A recorded request: request line, header lines, body.
-type Recorded = (String, Vec<String>, String);
+/// A recorded request: request line, header lines, body, arrival time.
+type Recorded = (String, Vec<String>, String, std::time::Instant);
 
 /// A scripted webhook: answers the statuses in order (the last one forever) and records requests.
 struct Webhook {
@@ -140,6 +140,7 @@ fn webhook(script: &'static [(u16, Option<u64>)]) -> Webhook {
                 line.trim_end().to_owned(),
                 headers,
                 String::from_utf8_lossy(&body).into_owned(),
+                std::time::Instant::now(),
             ));
             let (status, retry_after) = script[i.min(script.len() - 1)];
             let reason = match status {
@@ -287,8 +288,8 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
     );
     assert_eq!(page.matches("class=\"row server\"").count(), 8);
 
-    // 2. Slack: 429 (Retry-After: 1), then 500, then 200.
-    let hook = webhook(&[(429, Some(1)), (500, None), (200, None)]);
+    // 2. Slack: 429 (Retry-After: 2), then 500, then 200.
+    let hook = webhook(&[(429, Some(2)), (500, None), (200, None)]);
     let started = std::time::Instant::now();
     let o = checker(
         &db,
@@ -296,10 +297,7 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
         &[("TEST_HOOK", &hook.url)],
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "Retry-After was not honoured"
-    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("3 attempts"),
         "{}",
@@ -312,7 +310,13 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
     );
     let reqs = hook.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 3);
-    for (line, headers, body) in &reqs {
+    // Retry-After: 2 s between the 429 and the next attempt (the rate limit alone would allow 1 s).
+    let gap = reqs[1].3 - reqs[0].3;
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "Retry-After was not honoured: {gap:?}"
+    );
+    for (line, headers, body, _) in &reqs {
         assert_eq!(line, &format!("POST {SECRET_PATH} HTTP/1.1"));
         assert!(
             headers.iter().any(|h| h
