@@ -339,13 +339,16 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
     // 3. A webhook that always fails: non-zero, the last report stays, no temp file left behind.
     let before = snapshot(out_dir.path());
     let hook = webhook(&[(500, None)]);
+    let secret_dir = tempfile::tempdir()?;
+    let secret = secret_dir.path().join("webhook-url");
+    std::fs::write(&secret, format!("{}\n", hook.url))?;
     let o = checker(
         &db,
         &[
             "--out",
             out,
             "--slack-webhook-url-file",
-            &write_secret(&out_dir, &hook.url)?,
+            secret.to_str().unwrap(),
             "--slack-timeout",
             "20s",
         ],
@@ -407,15 +410,6 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_eq!(snapshot(out_dir.path()), before);
     Ok(())
-}
-
-/// The secret file the secret-file variant reads (inside the output dir's parent would leak into the
-/// snapshot, so it lives in its own temp dir that outlives the call).
-fn write_secret(_out: &tempfile::TempDir, url: &str) -> anyhow::Result<String> {
-    let dir = tempfile::tempdir()?.keep();
-    let path = dir.join("webhook-url");
-    std::fs::write(&path, format!("{url}\n"))?;
-    Ok(path.to_str().unwrap().to_owned())
 }
 
 /// Count pixels within a small distance of `rgb`.
@@ -513,6 +507,8 @@ fn the_page_renders_its_timelines_in_chromium() -> anyhow::Result<()> {
     .arg(format!("--user-data-dir={}", profile.display()))
     .arg(format!("file://{}", page.display()));
     let dom = ChildSpec::new("chromium-dom", cmd).run(Duration::from_secs(120))?;
+    // Keep the page and the screenshot for people to look at; the browser profile can go.
+    let _ = std::fs::remove_dir_all(&profile);
     let segments: usize = report.servers.iter().map(|s| s.segments.len()).sum();
     assert_eq!(
         dom.matches("class=\"seg quarantined\"").count(),
