@@ -144,8 +144,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         let mut chunk = [0u8; 2048];
         loop {
             if let Some(end) = find_head_end(&buf) {
-                // Keep up to 512 body bytes for the error message, if they are already here or come soon.
-                if buf.len() >= end + 512 {
+                // Keep up to 512 body bytes for error messages, but never wait for more than the
+                // server announced: it may keep the connection open despite `Connection: close`.
+                let want = content_length(&buf[..end]).map_or(0, |n| n.min(512));
+                if buf.len() >= end + want {
                     break;
                 }
             }
@@ -168,6 +170,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| format!("reading the response timed out after {timeout:?}"))??;
     parse_response(&buf)
+}
+
+fn content_length(head: &[u8]) -> Option<usize> {
+    let head = std::str::from_utf8(head).ok()?;
+    head.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {

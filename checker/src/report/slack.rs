@@ -231,7 +231,13 @@ pub struct SlackError {
 }
 
 fn tls_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    tls_config_with(rustls::RootCertStore::from_iter(
+        webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+    ))
+}
+
+/// A client configuration (ring provider) trusting `roots`.
+pub fn tls_config_with(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -241,14 +247,23 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// Post `message`, retrying per `policy`. Returns the number of attempts made.
+/// Post `message`, retrying per `policy`, trusting the webpki roots. Returns the attempts made.
 pub async fn post(url: &WebhookUrl, message: &Value, policy: &Delivery) -> Result<u32, SlackError> {
+    post_with_tls(url, message, policy, tls_config()).await
+}
+
+/// [`post`] with a given TLS configuration (tests trust their own CA).
+pub async fn post_with_tls(
+    url: &WebhookUrl,
+    message: &Value,
+    policy: &Delivery,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<u32, SlackError> {
     let fail = |why: String| SlackError {
         target: url.redacted(),
         why,
     };
     let body = serde_json::to_vec(message).map_err(|e| fail(format!("cannot encode the message: {e}")))?;
-    let tls = tls_config();
     let limiter = RateLimiter::direct(Quota::per_second(NonZeroU32::MIN));
     let started = Instant::now();
     let deadline = started + policy.total_timeout;
@@ -385,6 +400,62 @@ mod tests {
             }
         }
         assert_eq!(sections, 3, "open quarantines, flappers, rotations");
+    }
+
+    /// HTTPS end to end: a TLS server for "localhost" that answers 200 with a short body and then
+    /// keeps the connection open (the client must not wait for it to close).
+    #[tokio::test]
+    async fn posts_over_https_and_does_not_wait_for_close() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let cfg =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![ck.cert.der().clone()], key)
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("\"blocks\"") || !got.ends_with(b"}") {
+                let n = tls.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "client closed early");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let url = WebhookUrl::parse(&format!("https://localhost:{port}/services/secret")).unwrap();
+        let end = chrono::Utc::now();
+        let report = model::build("tls", end - TimeDelta::hours(1), end, &[], &[], false);
+        let started = Instant::now();
+        let attempts = post_with_tls(
+            &url,
+            &message(&report, None),
+            &Delivery::default(),
+            tls_config_with(roots),
+        )
+        .await
+        .unwrap();
+        assert_eq!(attempts, 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited for the server to close"
+        );
+        server.abort();
     }
 
     #[test]
