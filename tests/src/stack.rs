@@ -1,6 +1,6 @@
 //! The whole system on loopback, as the demo and the observability test run it: a throwaway
-//! Postgres ledger, an HTTP IP-echo target, egress backends (tinyproxy on 127.0.0.2-5, plus one
-//! [`FaultBackend`] whose tunnel can be broken), HAProxy from the shipped configuration
+//! Postgres ledger, an HTTP IP-echo target, egress backends (tinyproxy with exit IPs 127.0.0.2-6; the
+//! one at 127.0.0.6 sits behind a [`FaultBackend`] relay, so its tunnel can be broken), HAProxy from the shipped configuration
 //! ([`crate::shipped::haproxy_for_test`]), egress-checker and egress-spoa, both writing the ledger.
 //!
 //! Everything stops when the [`LocalStack`] drops (fields drop in declaration order: the agents first,
@@ -29,6 +29,8 @@ use crate::tinyproxy::Tinyproxy;
 pub const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
 /// The backend server whose tunnel [`LocalStack::break_tunnel`] breaks.
 pub const FAULT_SERVER: (&str, &str) = ("egress", "g04");
+/// The exit IP of [`FAULT_SERVER`].
+pub const FAULT_EXIT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
 /// The running system. See the module docs.
 #[derive(Debug)]
@@ -38,6 +40,7 @@ pub struct LocalStack {
     /// HAProxy, from the shipped config.
     pub haproxy: Haproxy,
     fault: FaultBackend,
+    behind_fault: Tinyproxy,
     proxies: Vec<(String, String, Tinyproxy)>,
     echo: EchoServer,
     pg: Postgres,
@@ -77,11 +80,13 @@ impl LocalStack {
             proxies.push((backend.to_owned(), name.to_owned(), t));
             anyhow::ensure!(!stop(), abandoned());
         }
-        let fault = FaultBackend::start(FaultMode::Forward)?;
+        let behind_fault = Tinyproxy::start(FAULT_EXIT)?;
+        let fault = FaultBackend::start(FaultMode::Relay(behind_fault.addr()))?;
         progress(&format!(
-            "egress backend {}/{}: a breakable CONNECT proxy on {}, exit IP 127.0.0.1",
+            "egress backend {}/{}: tinyproxy on {} behind a breakable relay on {}, exit IP {FAULT_EXIT}",
             FAULT_SERVER.0,
             FAULT_SERVER.1,
+            behind_fault.addr(),
             fault.addr()
         ));
 
@@ -157,6 +162,7 @@ impl LocalStack {
             checker,
             haproxy,
             fault,
+            behind_fault,
             proxies,
             echo,
             pg,
@@ -170,6 +176,11 @@ impl LocalStack {
     /// HAProxy's client-facing address.
     pub fn front(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.haproxy.port(FRONT_PORT)))
+    }
+
+    /// The IP-echo target (plain HTTP): answers with the address it sees, i.e. the exit IP.
+    pub fn echo_addr(&self) -> SocketAddr {
+        self.echo.http_addr()
     }
 
     /// The stats page.
@@ -214,11 +225,7 @@ impl LocalStack {
             .iter()
             .map(|(b, n, t)| (b.clone(), n.clone(), t.bind_addr()))
             .collect();
-        v.push((
-            FAULT_SERVER.0.to_owned(),
-            FAULT_SERVER.1.to_owned(),
-            Ipv4Addr::LOCALHOST,
-        ));
+        v.push((FAULT_SERVER.0.to_owned(), FAULT_SERVER.1.to_owned(), FAULT_EXIT));
         v
     }
 
@@ -250,10 +257,23 @@ impl LocalStack {
             .unwrap_or_default()
     }
 
-    /// Whether every pool server and the SPOA backend are UP in HAProxy.
+    /// Whether every pool server is UP in HAProxy with its agent check answered (`L7OK`), and the
+    /// SPOA backend is UP.
     pub fn all_up(&self) -> bool {
-        self.servers().iter().all(|(b, n, _)| self.status(b, n) == "UP")
+        let Ok(rows) = self.server_stats() else {
+            return false;
+        };
+        rows.len() == self.servers().len()
+            && rows.iter().all(|(_, r)| {
+                r.get("status").is_some_and(|s| s == "UP")
+                    && r.get("agent_status").is_some_and(|s| s == "L7OK")
+            })
             && self.status("spoe-egress", "spoa1").starts_with("UP")
+    }
+
+    /// Whether HAProxy shows the server DOWN (for a quarantine: "DOWN (agent)").
+    pub fn is_down(&self, backend: &str, server: &str) -> bool {
+        self.status(backend, server).starts_with("DOWN")
     }
 
     /// One request through HAProxy from `client` (a 127.0.0.0/8 address) to the echo target, in the
@@ -267,17 +287,17 @@ impl LocalStack {
         Ok(http_get(&mut tunnel, &target, "/")?.trim().to_owned())
     }
 
-    /// Breaks the fault backend's tunnel: it still accepts TCP (HAProxy's own check stays green) but
-    /// never answers a CONNECT.
+    /// Breaks [`FAULT_SERVER`]'s tunnel: its port still accepts TCP (HAProxy's own check stays
+    /// green) but nothing answers a CONNECT.
     pub fn break_tunnel(&self) -> anyhow::Result<()> {
         self.fault.set_mode(FaultMode::BlackHole)?;
         self.fault.drop_connections();
         Ok(())
     }
 
-    /// Repairs the fault backend's tunnel.
+    /// Repairs [`FAULT_SERVER`]'s tunnel.
     pub fn repair_tunnel(&self) -> anyhow::Result<()> {
-        self.fault.set_mode(FaultMode::Forward)
+        self.fault.set_mode(FaultMode::Relay(self.behind_fault.addr()))
     }
 
     /// Runs `egress-checker <args>` against the stack's ledger and returns its stdout.
@@ -310,6 +330,9 @@ impl LocalStack {
             if let Some(pid) = t.pid() {
                 v.push((format!("tinyproxy-{n}"), pid));
             }
+        }
+        if let Some(pid) = self.behind_fault.pid() {
+            v.push((format!("tinyproxy-{}", FAULT_SERVER.1), pid));
         }
         v
     }

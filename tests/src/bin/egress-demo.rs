@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use egress_e2e::stack::{FAULT_SERVER, KEY_HEX, LocalStack};
-use nix::sys::signal::{SigSet, Signal};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -32,6 +31,41 @@ fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Installs the SIGINT/SIGTERM handlers (returns once they are in place) and sets STOP on the first.
+fn watch_signals() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(anyhow::Error::from(e)));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            {
+                (Ok(i), Ok(t)) => (i, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            eprintln!("\negress-demo: {name}: stopping everything");
+            STOP.store(true, Ordering::SeqCst);
+        });
+    });
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the signal thread ended"))?
 }
 
 fn say(line: &str) {
@@ -54,23 +88,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // SIGINT/SIGTERM are blocked in every thread (threads inherit the mask; child processes do not:
-    // std resets it before exec) and taken by one thread with sigwait, which sets STOP. The steps
-    // poll STOP, return, and the stack's drop stops every process in order.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    if let Err(e) = signals.thread_block() {
-        eprintln!("egress-demo: blocking signals: {e}");
+    // SIGINT/SIGTERM set STOP (tokio's handlers, on a thread of their own; a blocked signal mask would
+    // be inherited by the children, which then could not be stopped gracefully). The steps poll
+    // STOP, return, and the stack's drop stops every process in order.
+    if let Err(e) = watch_signals() {
+        eprintln!("egress-demo: installing signal handlers: {e:#}");
         return ExitCode::FAILURE;
     }
-    std::thread::spawn(move || {
-        if let Ok(signal) = signals.wait() {
-            eprintln!("\negress-demo: {signal}: stopping everything");
-            STOP.store(true, Ordering::SeqCst);
-        }
-    });
-
+    // The demo prints what matters; the components' logs stay in their files.
+    egress_e2e::process::quiet_all();
     let started = Instant::now();
     let result = run(ci);
     match result {
@@ -184,9 +210,7 @@ fn step_quarantine(stack: &LocalStack) -> anyhow::Result<()> {
     ));
     stack.break_tunnel()?;
     let t = Instant::now();
-    if !wait_for(Duration::from_secs(60), || {
-        stack.status(backend, server) == "DOWN"
-    }) {
+    if !wait_for(Duration::from_secs(60), || stack.is_down(backend, server)) {
         anyhow::ensure!(!stopping(), interrupted());
         anyhow::bail!(
             "{backend}/{server} not quarantined after 60 s\n{}",
@@ -220,7 +244,23 @@ fn step_ledger(stack: &LocalStack) -> anyhow::Result<()> {
     say(&format!(
         "== 5. The ledger: egress-checker history {backend}/{server}"
     ));
-    let history = stack.cli(&["history", &format!("{backend}/{server}"), "--since", "1h"])?;
+    // Events reach Postgres in batches: wait for the restore to be there too.
+    let history = || {
+        stack
+            .cli(&["history", &format!("{backend}/{server}"), "--since", "1h"])
+            .unwrap_or_default()
+    };
+    let mut text = String::new();
+    wait_for(Duration::from_secs(30), || {
+        text = history();
+        text.contains("restored")
+    });
+    anyhow::ensure!(!stopping(), interrupted());
+    anyhow::ensure!(
+        text.contains("quarantined") && text.contains("restored"),
+        "the ledger lacks the quarantine or the restore:\n{text}"
+    );
+    let history = text;
     for line in history.lines() {
         say(&format!("  {line}"));
     }
@@ -264,8 +304,9 @@ fn step_where_to_look(stack: &LocalStack) {
         stack.spoa_metrics()
     ));
     say(&format!(
-        "  the proxy:               curl -x http://{} https://example.com/ (egress goes out from 127.0.0.x)",
-        stack.front()
+        "  the proxy:               curl -sx http://{} http://{}/   (the IP-echo target answers with your exit IP)",
+        stack.front(),
+        stack.echo_addr()
     ));
     say(&format!(
         "  who:                     EGRESS_DATABASE_URL='{db}' EGRESS_HASH_KEY={KEY_HEX} target/debug/egress-checker who --client 127.0.1.1 --from 1h"
