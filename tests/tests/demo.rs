@@ -123,7 +123,7 @@ impl Drop for Demo {
 fn alive(pid: i32) -> bool {
     // A reaped process is gone from /proc; a zombie would still be there but is not running.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|state| state == "Z"))
+        .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
 }
 
 fn assert_all_gone(demo: &Demo) {
