@@ -99,6 +99,7 @@ pub fn shipped_pool() -> anyhow::Result<Vec<PoolServer>> {
 /// Where a rendering differs: what the template's placeholders become.
 struct Profile<'a> {
     header: &'a str,
+    run_as: &'a str,
     stats_sockets: &'a str,
     resolvers: &'a str,
     bind: &'a str,
@@ -118,6 +119,13 @@ fn render(template: &str, servers: &[(String, String, String)], p: &Profile) -> 
             for (b, name, addr) in servers.iter().filter(|(b, _, _)| b == backend) {
                 // agent-send names the server to the checker: "<backend>/<server>\n".
                 writeln!(out, "    server {name} {addr} agent-send \"{b}/{name}\\n\"")?;
+            }
+            continue;
+        }
+        if line == "@@RUN_AS@@" {
+            if !p.run_as.is_empty() {
+                out.push_str(p.run_as);
+                out.push('\n');
             }
             continue;
         }
@@ -160,8 +168,11 @@ pub fn render_vm(template: &str, pool: &[PoolServer]) -> anyhow::Result<String> 
         &Profile {
             header: "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
                      # VM profile: install as /etc/haproxy/haproxy.cfg beside /etc/haproxy/spoe-egress.conf.",
+            run_as: "    # Debian's haproxy user; the admin socket below is group haproxy, mode 660 (the egress\n    \
+                     # user of the egress-checker package is in that group).\n    \
+                     user haproxy\n    group haproxy",
             stats_sockets: "    # Runtime API: egress-checker reads the server list from it; the rotator drains through it.\n    \
-                            stats socket /run/haproxy/admin.sock mode 660 level admin expose-fd listeners",
+                            stats socket /run/haproxy/admin.sock mode 660 group haproxy level admin expose-fd listeners",
             resolvers: "",
             bind: ":3128",
             spoe_conf: "spoe-egress.conf",
@@ -200,6 +211,7 @@ pub fn render_k8s(template: &str, pool: &[PoolServer]) -> anyhow::Result<String>
         &Profile {
             header: "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
                      # Kubernetes profile (k8s/base): servers are Services, the SPOA is a sidecar.",
+            run_as: "",
             stats_sockets: "    # Runtime API: a local socket, and TCP for egress-checker (port 9999, open only to the\n    \
                             # checker by the NetworkPolicy in k8s/base).\n    \
                             stats socket /var/run/haproxy/admin.sock mode 600 level admin\n    \
@@ -233,6 +245,7 @@ pub fn haproxy_for_test(servers: &[(&str, &str, SocketAddr)], spoe_conf: &Path) 
         &servers,
         &Profile {
             header: "Rendered for a local run (egress_e2e::shipped::haproxy_for_test).",
+            run_as: "",
             stats_sockets: "    stats socket {{RUNTIME_SOCKET}} mode 600 level admin",
             resolvers: "",
             bind: "127.0.0.1:{{PORT0}}",
@@ -421,6 +434,7 @@ mod tests {
         let servers = vec![("b".to_owned(), "s1".to_owned(), "1.2.3.4:5".to_owned())];
         let p = Profile {
             header: "",
+            run_as: "",
             stats_sockets: "",
             resolvers: "",
             bind: ":1",
