@@ -279,8 +279,12 @@ impl LocalStack {
     /// One request through HAProxy from `client` (a 127.0.0.0/8 address) to the echo target, in the
     /// Korea pool when `kr`: returns the exit IP the target saw.
     pub fn request(&self, client: Ipv4Addr, kr: bool) -> anyhow::Result<String> {
+        self.request_with(client, if kr { "X-Egress-Pool: kr\r\n" } else { "" })
+    }
+
+    /// As [`LocalStack::request`], with extra CONNECT header lines (each ending in `\r\n`).
+    pub fn request_with(&self, client: Ipv4Addr, headers: &str) -> anyhow::Result<String> {
         let target = self.echo.http_addr().to_string();
-        let headers = if kr { "X-Egress-Pool: kr\r\n" } else { "" };
         let (status, mut tunnel) =
             connect_request_with(connect_from(Some(client), self.front())?, &target, headers)?;
         anyhow::ensure!((200..300).contains(&status), "CONNECT {target} answered {status}");
