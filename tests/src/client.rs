@@ -34,8 +34,22 @@ pub fn connect_from(source: Option<Ipv4Addr>, to: SocketAddr) -> anyhow::Result<
 
 /// Sends `CONNECT <target> HTTP/1.1` and reads the answer's head (byte by byte, so no tunnel byte is
 /// consumed). Returns the status code and the stream.
-pub fn connect_request(mut stream: TcpStream, target: &str) -> anyhow::Result<(u16, TcpStream)> {
-    write!(stream, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").context("sending CONNECT")?;
+pub fn connect_request(stream: TcpStream, target: &str) -> anyhow::Result<(u16, TcpStream)> {
+    connect_request_with(stream, target, "")
+}
+
+/// As [`connect_request`], with extra header lines (each ending in `\r\n`), e.g.
+/// `"X-Egress-Pool: kr\r\n"`.
+pub fn connect_request_with(
+    mut stream: TcpStream,
+    target: &str,
+    headers: &str,
+) -> anyhow::Result<(u16, TcpStream)> {
+    write!(
+        stream,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n"
+    )
+    .context("sending CONNECT")?;
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

@@ -41,6 +41,8 @@ pub enum FaultMode {
     OkThenClose,
     /// A working CONNECT proxy.
     Forward,
+    /// A plain TCP relay to this address (e.g. a tinyproxy): the backend behind a breakable link.
+    Relay(SocketAddr),
 }
 
 /// A running fault backend on 127.0.0.1. Stops on drop.
@@ -252,7 +254,20 @@ async fn handle(mut stream: TcpStream, mode: FaultMode) {
             }
         }
         FaultMode::Forward => forward(stream).await,
+        FaultMode::Relay(to) => relay(stream, to).await,
     }
+}
+
+async fn relay(mut stream: TcpStream, to: SocketAddr) {
+    let upstream = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(to)).await;
+    let Ok(Ok(mut upstream)) = upstream else {
+        return;
+    };
+    let _ = tokio::time::timeout(
+        TUNNEL_MAX,
+        tokio::io::copy_bidirectional(&mut stream, &mut upstream),
+    )
+    .await;
 }
 
 async fn forward(mut stream: TcpStream) {

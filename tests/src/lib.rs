@@ -28,6 +28,8 @@ pub mod postgres;
 pub mod process;
 pub mod programs;
 mod runtime;
+pub mod shipped;
+pub mod stack;
 pub mod tinyproxy;
 
 use std::time::{Duration, Instant};

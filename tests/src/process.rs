@@ -241,13 +241,23 @@ impl ManagedChild {
     }
 }
 
+static QUIET_ALL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops every [`ManagedChild`] of this process from printing its log tail on drop (for programs
+/// that show their own output, such as the demo; tests want the tails).
+pub fn quiet_all() {
+    QUIET_ALL.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Drop for ManagedChild {
     fn drop(&mut self) {
         self.stop();
         // libtest shows a test's captured output only when the test fails (by panic or by returning
         // Err), so the tail is printed on every drop and appears exactly in failure messages.
-        // EGRESS_HARNESS_QUIET silences it when running with --nocapture.
-        let quiet = self.quiet || std::env::var_os("EGRESS_HARNESS_QUIET").is_some();
+        // EGRESS_HARNESS_QUIET (or quiet_all, for programs such as the demo) silences it.
+        let quiet = self.quiet
+            || QUIET_ALL.load(std::sync::atomic::Ordering::Relaxed)
+            || std::env::var_os("EGRESS_HARNESS_QUIET").is_some();
         if std::thread::panicking() || !quiet {
             eprintln!(
                 "---- {} (pid {}) log tail, {} ----\n{}\n---- end of {} ----",

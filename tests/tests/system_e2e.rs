@@ -17,10 +17,11 @@ use egress_common::client_hash::HashKey;
 use egress_e2e::bins::bin_path;
 use egress_e2e::client::echo_ip_via_proxy;
 use egress_e2e::echo::EchoServer;
-use egress_e2e::haproxy::{GLOBAL, Haproxy, shipped_spoe_conf};
+use egress_e2e::haproxy::{Haproxy, shipped_spoe_conf};
 use egress_e2e::ports::free_port;
 use egress_e2e::postgres::Postgres;
 use egress_e2e::process::{ChildSpec, ManagedChild};
+use egress_e2e::shipped::{AGENT_PORT, FRONT_PORT, SPOA_PORT, haproxy_for_test};
 use egress_e2e::tinyproxy::Tinyproxy;
 use egress_e2e::wait_until;
 
@@ -81,40 +82,16 @@ fn checker_and_agent_fill_the_ledger_and_who_answers_from_it() -> anyhow::Result
         .map(|(name, t)| (*name, t.bind_addr().to_string()))
         .collect();
 
-    let agent_port = free_port()?;
-    let spoa_port = free_port()?;
-    let mut servers = String::new();
-    for (name, t) in &proxies {
-        servers.push_str(&format!(
-            "    server {name} {} agent-send \"{BACKEND}/{name}\\n\"\n",
-            t.addr()
-        ));
-    }
-    let config = format!(
-        "{GLOBAL}
-frontend fe_egress
-    mode http
-    bind 127.0.0.1:{{{{PORT0}}}}
-    filter spoe engine egress config {spoe}
-    log-format \"egress %ci %b/%s client=%[var(txn.egress.client_hash)] exit=%[var(txn.egress.exit_ip)]\"
-    default_backend {BACKEND}
-
-backend {BACKEND}
-    mode http
-    balance source
-    hash-type consistent
-    default-server weight 100 check inter 500ms fall 3 rise 2 agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 500ms
-{servers}
-backend spoe-egress
-    mode tcp
-    timeout connect 1s
-    timeout server 3m
-    option spop-check
-    server spoa1 127.0.0.1:{spoa_port} check inter 500ms
-",
-        spoe = shipped_spoe_conf(dir.path())?.display(),
-    );
+    // The shipped haproxy.cfg (haproxy/haproxy.cfg.in), rendered for these three servers and
+    // harness ports: the test runs the configuration operators deploy, not a private copy.
+    let servers: Vec<(&str, &str, SocketAddr)> = proxies
+        .iter()
+        .map(|(name, t)| (BACKEND, *name, t.addr()))
+        .collect();
+    let config = haproxy_for_test(&servers, &shipped_spoe_conf(dir.path())?)?;
     let haproxy = Haproxy::start(&config)?;
+    let agent_port = haproxy.port(AGENT_PORT);
+    let spoa_port = haproxy.port(SPOA_PORT);
 
     // egress-checker: backends from HAProxy's runtime API, probes through each tinyproxy to the
     // echo target, the exit IP from the echo, transitions and exit IPs into the ledger.
@@ -203,14 +180,14 @@ backend spoe-egress
 
     // Traffic: the agent must tag each request with the exit IP the checker recorded. Retry until
     // its first refresh from the ledger has landed (the log line shows the exit IP).
-    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, haproxy.port(0)));
+    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, haproxy.port(FRONT_PORT)));
     let key = HashKey::from_hex(KEY_HEX)?;
     let tagged = wait_until(wait, || {
         echo_ip_via_proxy(front, &echo, Some(Ipv4Addr::new(127, 0, 2, 1))).is_ok()
             && haproxy
                 .logs()
                 .lines()
-                .any(|l| l.starts_with("egress 127.0.2.1 ") && !l.ends_with("exit=-"))
+                .any(|l| l.starts_with("127.0.2.1:") && l.contains(" exit=127.0.0."))
     });
     assert!(tagged, "requests never carried an exit IP:\n{}", haproxy.logs());
 

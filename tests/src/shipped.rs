@@ -1,0 +1,456 @@
+//! The shipped deployment files, generated from one list: `haproxy/pool.txt` (backend, server,
+//! VM address, location) and the template `haproxy/haproxy.cfg.in` give
+//!
+//! - `haproxy/haproxy.cfg`: the VM-hosted configuration (agent and SPOA on loopback);
+//! - `k8s/base/haproxy/haproxy.cfg` (+ a copy of `haproxy/spoe-egress.conf` beside it, as kustomize
+//!   reads no file outside its folder): the same pool for Kubernetes (servers are Services);
+//! - `k8s/base/backends.yaml`: one egress backend Deployment + Service per server;
+//!
+//! and, for the tests and the demo, [`haproxy_for_test`]: the same template rendered for loopback
+//! servers and harness ports. `egress-gen --check` (and the `shipped_config` test) fail when a
+//! committed file differs from the generator's output; `scripts/gen-config` rewrites them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// In the test rendering: `{{PORT0}}` is the frontend (client) port.
+pub const FRONT_PORT: usize = 0;
+/// In the test rendering: `{{PORT1}}` is the agent-check port egress-checker must listen on.
+pub const AGENT_PORT: usize = 1;
+/// In the test rendering: `{{PORT2}}` is the SPOP port egress-spoa must listen on.
+pub const SPOA_PORT: usize = 2;
+/// In the test rendering: `{{PORT3}}` is the stats page (`/`) and HAProxy's Prometheus exporter.
+pub const STATS_PORT: usize = 3;
+
+/// The repository root (the workspace folder).
+pub fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// One server of the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolServer {
+    /// HAProxy backend (`egress` or `egress_kr`).
+    pub backend: String,
+    /// HAProxy server name, unique in the pool.
+    pub name: String,
+    /// Address in the VM configuration (`ip:port`).
+    pub vm_address: String,
+    /// Exit location (gluetun `SERVER_COUNTRIES`).
+    pub location: String,
+}
+
+/// Parses `haproxy/pool.txt`: `backend server address location...`, `#` comments.
+pub fn parse_pool(text: &str) -> anyhow::Result<Vec<PoolServer>> {
+    let mut servers: Vec<PoolServer> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(backend), Some(name), Some(addr)) = (words.next(), words.next(), words.next()) else {
+            anyhow::bail!("pool line {}: expected `backend server address location`", i + 1);
+        };
+        let location = words.collect::<Vec<_>>().join(" ");
+        anyhow::ensure!(!location.is_empty(), "pool line {}: no location", i + 1);
+        addr.parse::<SocketAddr>()
+            .with_context(|| format!("pool line {}: address {addr:?}", i + 1))?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        anyhow::ensure!(
+            valid(backend) && valid(name) && !name.contains('_'),
+            "pool line {}: names are lowercase letters and digits (backend: also `_`)",
+            i + 1
+        );
+        anyhow::ensure!(
+            servers.iter().all(|s| s.name != name),
+            "pool line {}: server {name} listed twice",
+            i + 1
+        );
+        servers.push(PoolServer {
+            backend: backend.to_owned(),
+            name: name.to_owned(),
+            vm_address: addr.to_owned(),
+            location,
+        });
+    }
+    anyhow::ensure!(!servers.is_empty(), "the pool lists no server");
+    Ok(servers)
+}
+
+fn read(rel: &str) -> anyhow::Result<String> {
+    let path = repo_root().join(rel);
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The shipped pool (`haproxy/pool.txt`).
+pub fn shipped_pool() -> anyhow::Result<Vec<PoolServer>> {
+    parse_pool(&read("haproxy/pool.txt")?)
+}
+
+/// Where a rendering differs: what the template's placeholders become.
+struct Profile<'a> {
+    header: &'a str,
+    run_as: &'a str,
+    stats_sockets: &'a str,
+    resolvers: &'a str,
+    bind: &'a str,
+    spoe_conf: &'a str,
+    agent_addr: &'a str,
+    agent_port: &'a str,
+    spoa_addr: &'a str,
+    stats_bind: &'a str,
+    server_extra: &'a str,
+}
+
+/// One `server` line per entry: (backend, name, address).
+fn render(template: &str, servers: &[(String, String, String)], p: &Profile) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for line in template.lines() {
+        if let Some(backend) = line.strip_prefix("@@SERVERS ").and_then(|l| l.strip_suffix("@@")) {
+            for (b, name, addr) in servers.iter().filter(|(b, _, _)| b == backend) {
+                // agent-send names the server to the checker: "<backend>/<server>\n".
+                writeln!(out, "    server {name} {addr} agent-send \"{b}/{name}\\n\"")?;
+            }
+            continue;
+        }
+        if line == "@@RUN_AS@@" {
+            if !p.run_as.is_empty() {
+                out.push_str(p.run_as);
+                out.push('\n');
+            }
+            continue;
+        }
+        let line = line
+            .replace("@@HEADER@@", p.header)
+            .replace("@@STATS_SOCKETS@@", p.stats_sockets)
+            .replace("@@RESOLVERS@@", p.resolvers)
+            .replace("@@BIND@@", p.bind)
+            .replace("@@SPOE_CONF@@", p.spoe_conf)
+            .replace("@@AGENT_ADDR@@", p.agent_addr)
+            .replace("@@AGENT_PORT@@", p.agent_port)
+            .replace("@@SPOA_ADDR@@", p.spoa_addr)
+            .replace("@@STATS_BIND@@", p.stats_bind)
+            .replace("@@SERVER_EXTRA@@", p.server_extra);
+        anyhow::ensure!(
+            !line.contains("@@"),
+            "unknown placeholder in template line {line:?}"
+        );
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for (backend, name, _) in servers {
+        anyhow::ensure!(
+            template.contains(&format!("@@SERVERS {backend}@@")),
+            "server {name}: the template has no backend {backend}"
+        );
+    }
+    Ok(out)
+}
+
+/// `haproxy/haproxy.cfg`: HAProxy on a VM, egress-checker and egress-spoa on the same host.
+pub fn render_vm(template: &str, pool: &[PoolServer]) -> anyhow::Result<String> {
+    let servers: Vec<_> = pool
+        .iter()
+        .map(|s| (s.backend.clone(), s.name.clone(), s.vm_address.clone()))
+        .collect();
+    render(
+        template,
+        &servers,
+        &Profile {
+            header: "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
+                     # VM profile: install as /etc/haproxy/haproxy.cfg beside /etc/haproxy/spoe-egress.conf.",
+            run_as: "    # Debian's haproxy user; the admin socket below is group haproxy, mode 660 (the egress\n    \
+                     # user of the egress-checker package is in that group).\n    \
+                     user haproxy\n    group haproxy",
+            stats_sockets: "    # Runtime API: egress-checker reads the server list from it; the rotator drains through it.\n    \
+                            stats socket /run/haproxy/admin.sock mode 660 group haproxy level admin expose-fd listeners",
+            resolvers: "",
+            bind: ":3128",
+            spoe_conf: "spoe-egress.conf",
+            agent_addr: "127.0.0.1",
+            agent_port: "5555",
+            spoa_addr: "127.0.0.1:12345",
+            stats_bind: "127.0.0.1:8404",
+            server_extra: "",
+        },
+    )
+}
+
+/// The Kubernetes Service name of a pool server.
+pub fn k8s_service(server: &PoolServer) -> String {
+    format!("egress-{}", server.name)
+}
+
+/// `k8s/base/haproxy/haproxy.cfg`: servers are the backends' Services; the agent address comes from
+/// the `EGRESS_AGENT_ADDR` environment variable (HAProxy expands `"${VAR}"`; the Deployment sets the
+/// `egress-agent` Service name), because HAProxy resolves `agent-addr` once, while parsing, and a CI
+/// machine without cluster DNS checks the file with `EGRESS_AGENT_ADDR=127.0.0.1`.
+pub fn render_k8s(template: &str, pool: &[PoolServer]) -> anyhow::Result<String> {
+    let servers: Vec<_> = pool
+        .iter()
+        .map(|s| {
+            (
+                s.backend.clone(),
+                s.name.clone(),
+                format!("{}:8888", k8s_service(s)),
+            )
+        })
+        .collect();
+    render(
+        template,
+        &servers,
+        &Profile {
+            header: "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
+                     # Kubernetes profile (k8s/base): servers are Services, the SPOA is a sidecar.",
+            run_as: "",
+            stats_sockets: "    # Runtime API: a local socket, and TCP for egress-checker (port 9999, open only to the\n    \
+                            # checker by the NetworkPolicy in k8s/base).\n    \
+                            stats socket /var/run/haproxy/admin.sock mode 600 level admin\n    \
+                            stats socket ipv4@0.0.0.0:9999 level admin",
+            resolvers: "\n# Service names are re-resolved at run time (a recreated Service gets a new ClusterIP).\n\
+                        resolvers cluster\n    parse-resolv-conf\n    hold valid 10s\n",
+            bind: ":3128",
+            spoe_conf: "spoe-egress.conf",
+            agent_addr: "\"${EGRESS_AGENT_ADDR}\"",
+            agent_port: "5555",
+            spoa_addr: "127.0.0.1:12345",
+            stats_bind: ":8404",
+            server_extra: " resolvers cluster init-addr last,libc,none",
+        },
+    )
+}
+
+/// The shipped template rendered for a test or the demo: the frontend on `127.0.0.1:{{PORT0}}`, the
+/// agent on `127.0.0.1:{{PORT1}}`, the SPOA on `127.0.0.1:{{PORT2}}`, the stats page on
+/// `127.0.0.1:{{PORT3}}`, the runtime API on `{{RUNTIME_SOCKET}}` (for [`crate::haproxy::Haproxy`]),
+/// `servers` = (backend, name, address) and the SPOE file at `spoe_conf` (see
+/// [`crate::haproxy::shipped_spoe_conf`]). Everything else is the shipped file.
+pub fn haproxy_for_test(servers: &[(&str, &str, SocketAddr)], spoe_conf: &Path) -> anyhow::Result<String> {
+    let servers: Vec<_> = servers
+        .iter()
+        .map(|(b, n, a)| ((*b).to_owned(), (*n).to_owned(), a.to_string()))
+        .collect();
+    let spoe = spoe_conf.to_string_lossy();
+    render(
+        &read("haproxy/haproxy.cfg.in")?,
+        &servers,
+        &Profile {
+            header: "Rendered for a local run (egress_e2e::shipped::haproxy_for_test).",
+            run_as: "",
+            stats_sockets: "    stats socket {{RUNTIME_SOCKET}} mode 600 level admin",
+            resolvers: "",
+            bind: "127.0.0.1:{{PORT0}}",
+            spoe_conf: &spoe,
+            agent_addr: "127.0.0.1",
+            agent_port: "{{PORT1}}",
+            spoa_addr: "127.0.0.1:{{PORT2}}",
+            stats_bind: "127.0.0.1:{{PORT3}}",
+            server_extra: "",
+        },
+    )
+}
+
+/// `k8s/base/backends.yaml`: one gluetun-style Deployment (strategy Recreate: two pods of one
+/// backend must never hold two tunnels) and one Service per server.
+pub fn render_k8s_backends(pool: &[PoolServer]) -> anyhow::Result<String> {
+    let mut out = String::from(
+        "# GENERATED from haproxy/pool.txt by scripts/gen-config: edit that list, not this file.\n\
+         # One egress backend per pool server: a gluetun-style VPN client exposing an HTTP CONNECT proxy\n\
+         # on :8888. The rotator (egress-checker rotate) patches SERVER_COUNTRIES/SERVER_HOSTNAMES and the\n\
+         # restart annotation of these Deployments.\n",
+    );
+    for s in pool {
+        let svc = k8s_service(s);
+        write!(
+            out,
+            "---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {svc}
+  labels:
+    app.kubernetes.io/name: egress-backend
+    app.kubernetes.io/instance: {svc}
+    egress.haproxy/backend: {backend}
+    egress.haproxy/server: {name}
+spec:
+  replicas: 1
+  strategy:
+    type: Recreate
+  selector:
+    matchLabels:
+      app.kubernetes.io/instance: {svc}
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: egress-backend
+        app.kubernetes.io/instance: {svc}
+        egress.haproxy/backend: {backend}
+        egress.haproxy/server: {name}
+    spec:
+      containers:
+        - name: gluetun
+          image: qmcgaw/gluetun:v3.39.1
+          envFrom:
+            - configMapRef:
+                name: egress-backend-common
+          env:
+            - name: SERVER_COUNTRIES
+              value: \"{location}\"
+            - name: WIREGUARD_PRIVATE_KEY
+              valueFrom:
+                secretKeyRef:
+                  name: egress-vpn
+                  key: wireguard-private-key
+          ports:
+            - name: proxy
+              containerPort: 8888
+          readinessProbe:
+            tcpSocket:
+              port: proxy
+            periodSeconds: 5
+            failureThreshold: 3
+          securityContext:
+            capabilities:
+              add: [\"NET_ADMIN\"]
+          resources:
+            requests:
+              cpu: 50m
+              memory: 64Mi
+            limits:
+              memory: 256Mi
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {svc}
+  labels:
+    app.kubernetes.io/name: egress-backend
+    egress.haproxy/server: {name}
+spec:
+  selector:
+    app.kubernetes.io/instance: {svc}
+  ports:
+    - name: proxy
+      port: 8888
+      targetPort: proxy
+",
+            backend = s.backend,
+            name = s.name,
+            location = s.location,
+        )?;
+    }
+    Ok(out)
+}
+
+/// `k8s/base/rotator-role.yaml`: what `egress-checker rotate` needs and nothing more: read and patch
+/// exactly the pool's Deployments (env and restart annotation), read pods (to see the new one ready).
+pub fn render_k8s_rotator_role(pool: &[PoolServer]) -> anyhow::Result<String> {
+    let mut names = String::new();
+    for s in pool {
+        writeln!(names, "      - {}", k8s_service(s))?;
+    }
+    Ok(format!(
+        "# GENERATED from haproxy/pool.txt by scripts/gen-config: edit that list, not this file.
+# The rotator (egress-checker rotate, and the checker's own rotation of long-quarantined servers)
+# patches the egress backend Deployments' env and restart annotation and watches their pods.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: egress-rotator
+rules:
+  - apiGroups: [\"apps\"]
+    resources: [\"deployments\"]
+    verbs: [\"get\", \"patch\"]
+    resourceNames:
+{names}  - apiGroups: [\"\"]
+    resources: [\"pods\"]
+    verbs: [\"get\", \"list\", \"watch\"]
+"
+    ))
+}
+
+/// Every generated file: (path relative to the repository root, expected content).
+pub fn generated_files() -> anyhow::Result<Vec<(String, String)>> {
+    let pool = shipped_pool()?;
+    let template = read("haproxy/haproxy.cfg.in")?;
+    Ok(vec![
+        ("haproxy/haproxy.cfg".to_owned(), render_vm(&template, &pool)?),
+        (
+            "k8s/base/haproxy/haproxy.cfg".to_owned(),
+            render_k8s(&template, &pool)?,
+        ),
+        (
+            "k8s/base/haproxy/spoe-egress.conf".to_owned(),
+            read("haproxy/spoe-egress.conf")?,
+        ),
+        ("k8s/base/backends.yaml".to_owned(), render_k8s_backends(&pool)?),
+        (
+            "k8s/base/rotator-role.yaml".to_owned(),
+            render_k8s_rotator_role(&pool)?,
+        ),
+    ])
+}
+
+/// The generated files whose committed content differs from the generator's output.
+pub fn stale_files() -> anyhow::Result<Vec<String>> {
+    let mut stale = Vec::new();
+    for (rel, want) in generated_files()? {
+        let have = std::fs::read_to_string(repo_root().join(&rel)).unwrap_or_default();
+        if have != want {
+            stale.push(rel);
+        }
+    }
+    Ok(stale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_pool_and_rejects_bad_lines() {
+        let pool = parse_pool("# c\negress g01 10.0.0.1:8888 United States # x\n").unwrap();
+        assert_eq!(pool[0].location, "United States");
+        assert!(parse_pool("egress g01 nowhere Spain\n").is_err());
+        assert!(parse_pool("egress g01 10.0.0.1:8888\n").is_err());
+        assert!(parse_pool("egress g01 10.0.0.1:1 A\negress g01 10.0.0.2:1 B\n").is_err());
+        assert!(parse_pool("egress G01 10.0.0.1:1 A\n").is_err());
+        assert!(parse_pool("").is_err());
+    }
+
+    #[test]
+    fn renders_one_line_per_server_with_its_agent_send() {
+        let template = "x @@BIND@@\n@@SERVERS b@@\nend\n";
+        let servers = vec![("b".to_owned(), "s1".to_owned(), "1.2.3.4:5".to_owned())];
+        let p = Profile {
+            header: "",
+            run_as: "",
+            stats_sockets: "",
+            resolvers: "",
+            bind: ":1",
+            spoe_conf: "",
+            agent_addr: "",
+            agent_port: "",
+            spoa_addr: "",
+            stats_bind: "",
+            server_extra: "",
+        };
+        assert_eq!(
+            render(template, &servers, &p).unwrap(),
+            "x :1\n    server s1 1.2.3.4:5 agent-send \"b/s1\\n\"\nend\n"
+        );
+        let unknown = vec![("c".to_owned(), "s1".to_owned(), "1.2.3.4:5".to_owned())];
+        assert!(render(template, &unknown, &p).is_err());
+        assert!(render("@@NOPE@@\n", &servers, &p).is_err());
+    }
+}
