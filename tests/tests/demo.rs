@@ -154,6 +154,8 @@ fn ci_mode_runs_every_step_and_stops_everything() -> anyhow::Result<()> {
         "quarantined       checker",
         "restored          checker",
         "egress_kr/kr01  127.0.0.5",
+        "report.json: egress/g04 quarantined",
+        "the report:              file://",
         "HAProxy stats page:      http://127.0.0.1:",
         "egress-checker metrics:  http://127.0.0.1:",
         "egress-spoa metrics:     http://127.0.0.1:",

@@ -124,13 +124,13 @@ fn run(ci: bool) -> anyhow::Result<()> {
     let pids: Vec<String> = stack.pids().iter().map(|(n, p)| format!("{n}={p}")).collect();
     say(&format!("  processes: {}", pids.join(" ")));
 
-    // The steps, in order. Each returns Err to stop the demo. (A `report` step, writing the daily
-    // report from the ledger, goes after `ledger`.)
+    // The steps, in order. Each returns Err to stop the demo.
     step_pool_up(&stack)?;
     step_traffic(&stack)?;
     step_quarantine(&stack)?;
     step_ledger(&stack)?;
-    step_where_to_look(&stack);
+    let report = step_report(&stack)?;
+    step_where_to_look(&stack, &report);
 
     if ci {
         say("== --ci: stopping");
@@ -287,9 +287,45 @@ fn step_ledger(stack: &LocalStack) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn step_where_to_look(stack: &LocalStack) {
+fn step_report(stack: &LocalStack) -> anyhow::Result<std::path::PathBuf> {
+    let out = stack.dir().join("report");
+    let out_text = out.to_string_lossy().into_owned();
+    say("== 7. The morning report: egress-checker report --since 1h --out <dir>");
+    stack.cli(&["report", "--since", "1h", "--out", &out_text, "--title", "egress-demo"])?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
+    let (backend, server) = FAULT_SERVER;
+    let quarantines = json["servers"]
+        .as_array()
+        .and_then(|servers| {
+            servers
+                .iter()
+                .find(|s| s["backend"] == backend && s["server"] == server)
+        })
+        .and_then(|s| s["quarantines"]["count"].as_u64())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        quarantines >= 1,
+        "the report does not show {backend}/{server}'s quarantine:\n{json:#}"
+    );
+    say(&format!(
+        "  report.json: {backend}/{server} quarantined {quarantines} time(s), pool availability {}",
+        json["pool"]["availability"]
+    ));
+    say(&format!(
+        "  index.html:  {} (removed when the demo stops)",
+        out.join("index.html").display()
+    ));
+    Ok(out)
+}
+
+fn step_where_to_look(stack: &LocalStack, report: &std::path::Path) {
     let db = stack.database_url();
     say("== Where to look");
+    say(&format!(
+        "  the report:              file://{}",
+        report.join("index.html").display()
+    ));
     say(&format!("  HAProxy stats page:      {}", stack.stats_url()));
     say(&format!(
         "  HAProxy metrics:         {}metrics",
