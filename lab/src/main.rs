@@ -27,7 +27,7 @@ use crate::scenario::{Fault, Fixtures, Plan, RunResult};
 /// Needs haproxy (2.6), tinyproxy and fonts-dejavu-core installed, and the egress-checker binary
 /// built next to this one (`cargo build -p egress-checker -p egress-lab`). Everything runs on
 /// 127.0.0.0/8. Exits 2 when a headline inequality is not met or the table is malformed (after
-/// writing the report), 1 on a setup error.
+/// writing the report; the error/retry-rate targets only with --strict), 1 on a setup error.
 #[derive(Debug, Parser)]
 #[command(name = "egress-lab", version)]
 struct Args {
@@ -48,6 +48,9 @@ struct Args {
     /// rotate-drain, rotate-abrupt). Default: all.
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
+    /// Also fail (exit 2) on the error/retry-rate targets, not only on the asserted checks.
+    #[arg(long)]
+    strict: bool,
     /// Rungs to run, comma-separated (a, b, c, d). Default: all (quick: see --quick).
     #[arg(long, value_delimiter = ',')]
     rungs: Vec<String>,
@@ -215,6 +218,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     // Full runs check only the headline runs they contain; quick runs must have them all.
     let relevant: Vec<&report::Check> = checks
         .iter()
+        .filter(|c| c.asserted || args.strict)
         .filter(|c| args.quick || !c.detail.contains("not run"))
         .collect();
     let ok = shape.is_empty() && relevant.iter().all(|c| c.met);
