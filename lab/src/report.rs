@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use plotters::prelude::*;
 
 use crate::rungs::Rung;
-use crate::scenario::{Fault, RunResult};
+use crate::scenario::{ACTIVE_AGENT, Fault, PASSIVE, RunResult};
 
 /// The DejaVu font the plots use (Debian `fonts-dejavu-core`).
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -50,8 +50,8 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
     }
     let t = find(results, Fault::TargetFail, Rung::D);
     out.push(Check {
-        name: "(d) target-503: caught by passive observe, never by the probe (agent)".into(),
-        met: t.is_some_and(|r| r.passive_downs > 0 && r.agent_downs == 0),
+        name: "(d) target-503: caught first by passive observe; the probe (agent) does not see it".into(),
+        met: t.is_some_and(|r| r.detected_by == PASSIVE && r.passive_downs > r.agent_downs),
         asserted: true,
         detail: t.map_or("not run".into(), |r| {
             format!("observe downs {}, agent downs {}", r.passive_downs, r.agent_downs)
@@ -59,8 +59,8 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
     });
     let b = find(results, Fault::Brownout, Rung::D);
     out.push(Check {
-        name: "(d) brownout: caught by the probe (agent), never by passive observe".into(),
-        met: b.is_some_and(|r| r.agent_downs > 0 && r.passive_downs == 0),
+        name: "(d) brownout: caught first by the probe (agent); passive observe does not see it".into(),
+        met: b.is_some_and(|r| r.detected_by == ACTIVE_AGENT && r.agent_downs > r.passive_downs),
         asserted: true,
         detail: b.map_or("not run".into(), |r| {
             format!("agent downs {}, observe downs {}", r.agent_downs, r.passive_downs)

@@ -153,7 +153,7 @@ refresh = \"1s\"
 interval = \"200ms\"
 jitter = 0.1
 connect_timeout = \"500ms\"
-response_timeout = \"800ms\"
+response_timeout = \"400ms\"
 
 [[targets]]
 address = \"{probe_target}\"

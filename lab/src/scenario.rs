@@ -22,8 +22,12 @@ use crate::target::Target;
 
 /// The server that the fault hits.
 pub const VICTIM: &str = "v1";
-/// The brownout's CONNECT delay: past the probe's 800 ms response timeout, within HAProxy's 2.5 s
+/// The brownout's CONNECT delay: past the probe's 400 ms response timeout, within HAProxy's 2.5 s
 /// server timeout and the client's deadline.
+/// Detection causes, as HAProxy logs them (see `run`).
+pub const PASSIVE: &str = "observe (passive)";
+pub const ACTIVE_AGENT: &str = "agent probe (active)";
+pub const ACTIVE_CHECK: &str = "haproxy check (active)";
 const BROWNOUT: Duration = Duration::from_millis(1200);
 
 /// The faults, injected one per run.
@@ -365,11 +369,11 @@ pub fn run(
     // egress-checker's probe (active); any other reason = HAProxy's own check (active, L4).
     let cause = |l: &str| {
         if l.contains("Health analyze") {
-            "observe (passive)"
+            PASSIVE
         } else if l.contains("via agent") {
-            "agent probe (active)"
+            ACTIVE_AGENT
         } else {
-            "haproxy check (active)"
+            ACTIVE_CHECK
         }
     };
     let count = |c: &str| downs.iter().filter(|l| cause(l) == c).count() as u64;
@@ -388,9 +392,9 @@ pub fn run(
             retries,
             detect_ms,
             detected_by,
-            passive_downs: count("observe (passive)"),
-            agent_downs: count("agent probe (active)"),
-            check_downs: count("haproxy check (active)"),
+            passive_downs: count(PASSIVE),
+            agent_downs: count(ACTIVE_AGENT),
+            check_downs: count(ACTIVE_CHECK),
             rotation_ms,
         },
     ))
