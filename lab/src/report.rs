@@ -103,9 +103,14 @@ pub fn markdown(results: &[RunResult], checks: &[Check], command: &str, setup: &
     let _ = writeln!(md, "Command: `{command}`\n\n{setup}\n");
     let _ = writeln!(md, "## Headline checks (full ladder, rung d)\n");
     for c in checks {
+        let gate = if c.asserted {
+            ""
+        } else {
+            " (a target of the issue: reported, gates the exit code only with --strict)"
+        };
         let _ = writeln!(
             md,
-            "- {} **{}**: {}",
+            "- {} **{}**{gate}: {}",
             if c.met { "MET" } else { "NOT MET" },
             c.name,
             c.detail

@@ -363,7 +363,8 @@ pub fn run(
     };
     let downs: Vec<&str> = after_fault
         .lines()
-        .filter(|l| l.contains(&format!("Server {BACKEND}/{VICTIM} is DOWN")))
+        // HAProxy prints each transition twice: as a `[WARNING]` on stderr and as a log line.
+        .filter(|l| !l.starts_with('[') && l.contains(&format!("Server {BACKEND}/{VICTIM} is DOWN")))
         .collect();
     // HAProxy logs the cause: "reason: Health analyze" = observe (passive); "via agent" = the
     // egress-checker's probe (active); any other reason = HAProxy's own check (active, L4).
