@@ -31,7 +31,7 @@ use crate::scenario::{Fault, Fixtures, Plan, RunResult};
 #[derive(Debug, Parser)]
 #[command(name = "egress-lab", version)]
 struct Args {
-    /// Directory for results.md, results.json and <fault>.png.
+    /// Directory for results.md, results.json, <fault>.png and logs/ (each run's HAProxy log).
     #[arg(long, default_value = "lab-out")]
     out: PathBuf,
     /// CI mode: short phases, rung (d) for every fault plus (c) for tunnel-503 (the slow-start

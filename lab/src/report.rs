@@ -277,3 +277,98 @@ pub fn plot(results: &[RunResult], fault: Fault, path: &Path) -> anyhow::Result<
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::ACTIVE_CHECK;
+
+    fn run(fault: Fault, rung: Rung) -> RunResult {
+        RunResult {
+            fault,
+            rung,
+            requests: 1000,
+            errors: 0,
+            resets: 0,
+            timeouts: 0,
+            status_errors: 0,
+            retries: 0,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            detect_ms: Some(10.0),
+            detected_by: ACTIVE_CHECK.into(),
+            passive_downs: 0,
+            agent_downs: 0,
+            check_downs: 0,
+            restore_p99_ms: Some(100.0),
+            victim_restore_p99_ms: None,
+            victim_restore_requests: 0,
+            rotation_ms: None,
+            fault_at_s: 2.0,
+            restore_at_s: Some(8.0),
+            series: Vec::new(),
+        }
+    }
+
+    fn passing() -> Vec<RunResult> {
+        let mut rs: Vec<RunResult> = Fault::ALL.iter().map(|f| run(*f, Rung::D)).collect();
+        for r in &mut rs {
+            match r.fault {
+                Fault::TargetFail => {
+                    r.detected_by = PASSIVE.into();
+                    r.passive_downs = 3;
+                }
+                Fault::Brownout => {
+                    r.detected_by = ACTIVE_AGENT.into();
+                    r.agent_downs = 1;
+                }
+                Fault::RotateAbrupt => r.resets = 5,
+                _ => {}
+            }
+        }
+        let mut c = run(Fault::Tunnel503, Rung::C);
+        c.restore_p99_ms = Some(900.0);
+        rs.push(c);
+        rs
+    }
+
+    #[test]
+    fn all_checks_met_when_every_figure_is_on_the_right_side() {
+        let checks = checks(&passing());
+        assert_eq!(checks.len(), 7);
+        assert!(checks.iter().all(|c| c.met), "{checks:?}");
+        assert_eq!(checks.iter().filter(|c| c.asserted).count(), 4);
+    }
+
+    #[test]
+    fn each_inequality_fails_on_its_own_figure() {
+        type Flip = fn(&mut Vec<RunResult>);
+        let flip: [(&str, Flip); 5] = [
+            ("crash", |rs| rs[0].errors = 1),
+            ("target-503", |rs| rs[3].detected_by = ACTIVE_AGENT.into()),
+            ("brownout", |rs| rs[4].passive_downs = 5),
+            ("rotation", |rs| rs[5].resets = 1),
+            ("restore", |rs| rs[7].restore_p99_ms = Some(50.0)),
+        ];
+        for (name, f) in flip {
+            let mut rs = passing();
+            f(&mut rs);
+            let failed: Vec<_> = checks(&rs).into_iter().filter(|c| !c.met).collect();
+            assert_eq!(failed.len(), 1, "{name}: {failed:?}");
+            assert!(failed[0].name.contains(name), "{name}: {failed:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_run_is_not_met() {
+        let rs: Vec<RunResult> = passing()
+            .into_iter()
+            .filter(|r| r.fault != Fault::Brownout)
+            .collect();
+        let c = checks(&rs)
+            .into_iter()
+            .find(|c| c.name.contains("brownout"))
+            .unwrap();
+        assert!(!c.met && c.detail == "not run", "{c:?}");
+    }
+}
