@@ -88,11 +88,15 @@ pub fn checks(results: &[RunResult]) -> Vec<Check> {
         name: "tunnel-503 restore of a cold backend: p99 during the ramp (d) < immediate full-weight rejoin (c)".into(),
         met: matches!((c.and_then(|r| r.restore_p99_ms), d.and_then(|r| r.restore_p99_ms)), (Some(c), Some(d)) if d < c),
         asserted: true,
-        detail: format!(
-            "(c) {} ms, (d) {} ms",
-            c.and_then(|r| r.restore_p99_ms).map_or("n/a".into(), |v| format!("{v:.1}")),
-            d.and_then(|r| r.restore_p99_ms).map_or("n/a".into(), |v| format!("{v:.1}"))
-        ),
+        detail: if c.is_none() || d.is_none() {
+            "not run".into()
+        } else {
+            format!(
+                "(c) {} ms, (d) {} ms",
+                c.and_then(|r| r.restore_p99_ms).map_or("n/a".into(), |v| format!("{v:.1}")),
+                d.and_then(|r| r.restore_p99_ms).map_or("n/a".into(), |v| format!("{v:.1}"))
+            )
+        },
     });
     out
 }

@@ -108,7 +108,8 @@ listen {BACKEND}
     # \"option redispatch <interval>\": 1 = every retry goes to another server, not the failed one.
     option redispatch 1
     # \"retry-on\": conn-failure empty-response response-timeout 502 503 504 (\"only valid when mode is
-    # http\"; anything beyond conn-failure buffers the request, which a CONNECT head always fits).
+    # http\"). Measured by this lab: for a CONNECT, HAProxy 2.6 retries only conn-failure; after a 503,
+    # 504 or response-timeout the client gets the error and wretr/wredis stay 0 (docs/lab.md).
     retry-on conn-failure empty-response response-timeout 502 503 504
     # \"observe layer7\": responses from the server are verified (valid codes 100-499, 501, 505), as are
     # connection errors and timeouts; \"error-limit 1\" + \"on-error mark-down\": the first error marks
