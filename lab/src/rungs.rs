@@ -1,0 +1,172 @@
+//! The configuration ladder. Each rung is the previous one plus its controls; every HAProxy keyword
+//! here was checked against HAProxy 2.6's doc/configuration.txt (quoted in the comments).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The backend (listen section) name the lab uses.
+pub const BACKEND: &str = "lab";
+
+/// One rung of the ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Rung {
+    /// (a) HAProxy alone, default checks.
+    A,
+    /// (b) + tuned HAProxy: passive observe, error-limit/on-error, retry-on, redispatch.
+    B,
+    /// (c) + egress-checker (synthetic CONNECT probe through each backend, agent-check quarantine);
+    /// a restored backend rejoins at full weight at once.
+    C,
+    /// (d) + the checker's slow-start ramp on restore.
+    D,
+}
+
+impl Rung {
+    /// All rungs, in ladder order.
+    pub const ALL: [Rung; 4] = [Rung::A, Rung::B, Rung::C, Rung::D];
+
+    /// Short label for tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rung::A => "(a) haproxy defaults",
+            Rung::B => "(b) + tuned haproxy",
+            Rung::C => "(c) + egress-checker",
+            Rung::D => "(d) + slow-start",
+        }
+    }
+
+    /// Whether the rung runs the egress-checker (agent-check).
+    pub fn has_checker(self) -> bool {
+        self >= Rung::C
+    }
+
+    /// Parses "a".."d".
+    pub fn parse(s: &str) -> Option<Rung> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "a" => Some(Rung::A),
+            "b" => Some(Rung::B),
+            "c" => Some(Rung::C),
+            "d" => Some(Rung::D),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Rung {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The HAProxy config of `rung` for `servers` (name, address); `agent_port` is the checker's
+/// agent-check listener (used from rung (c) on).
+pub fn haproxy_config(rung: Rung, servers: &[(String, SocketAddr)], agent_port: u16) -> String {
+    let mut cfg = String::from(
+        "global
+    log stdout format raw local0
+    stats socket {{RUNTIME_SOCKET}} mode 600 level admin
+    stats timeout 30s
+    maxconn 4096
+
+defaults
+    log global
+    mode http
+    option httplog
+    timeout connect 1s
+    timeout client 30s
+    # Once CONNECT is answered 2xx the stream is a tunnel and `timeout tunnel` applies instead.
+    timeout tunnel 30s
+",
+    );
+    match rung {
+        // (a) HAProxy's own default: the server timeout also bounds the wait for the CONNECT answer.
+        Rung::A => cfg.push_str("    timeout server 10s\n"),
+        // (b)+ the CONNECT answer is due within 2.5 s (tunnels are governed by `timeout tunnel`), so a
+        // black hole becomes a `response-timeout` that retry-on and observe see. Generous because the
+        // lab runs on a small shared machine; production can go lower.
+        _ => cfg.push_str("    timeout server 2500ms\n"),
+    }
+    cfg.push_str(&format!(
+        "
+listen {BACKEND}
+    bind 127.0.0.1:{{{{PORT0}}}}
+    balance roundrobin
+"
+    ));
+    match rung {
+        Rung::A => cfg.push_str(
+            "    # (a) Defaults: `retries 3` (\"retries\": by default retries apply only to new connection
+    # attempts, on the same server), a plain TCP connect check (inter 2s, fall 3, rise 2).
+    default-server check
+",
+        ),
+        _ => {
+            cfg.push_str(
+                "    # (b) \"retries\": each retry-on condition counts one attempt.
+    retries 2
+    # \"option redispatch <interval>\": 1 = every retry goes to another server, not the failed one.
+    option redispatch 1
+    # \"retry-on\": conn-failure empty-response response-timeout 502 503 504 (\"only valid when mode is
+    # http\"). Measured by this lab: for a CONNECT, HAProxy 2.6 retries only conn-failure; after a 503,
+    # 504 or response-timeout the client gets the error and wretr/wredis stay 0 (docs/lab.md).
+    retry-on conn-failure empty-response response-timeout 502 503 504
+    # \"observe layer7\": responses from the server are verified (valid codes 100-499, 501, 505), as are
+    # connection errors and timeouts; \"error-limit 1\" + \"on-error mark-down\": the first error marks
+    # the server down at once and forces fastinter (a spurious one costs `rise 2` x fastinter). HAProxy 2.6 has no retry budget: `retries` per
+    # request is the only bound, hence 2.
+    # `slowstart` is not used: rung (d) ramps through the agent weight instead.
+",
+            );
+            let agent = if rung.has_checker() {
+                format!(
+                    " weight 100 agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 200ms"
+                )
+            } else {
+                String::new()
+            };
+            cfg.push_str(&format!(
+                "    default-server check inter 1s fastinter 250ms fall 2 rise 2 observe layer7 error-limit 1 on-error mark-down{agent}\n"
+            ));
+        }
+    }
+    for (name, addr) in servers {
+        let send = if rung.has_checker() {
+            format!(" agent-send \"{BACKEND}/{name}\\n\"")
+        } else {
+            String::new()
+        };
+        cfg.push_str(&format!("    server {name} {addr}{send}\n"));
+    }
+    cfg
+}
+
+/// The egress-checker config for rungs (c)/(d): probes through every server of [`BACKEND`] (read from
+/// the runtime API) to `probe_target`; `ramp` is zero for (c) (full weight at once).
+pub fn checker_config(runtime_socket: &std::path::Path, probe_target: SocketAddr, ramp: Duration) -> String {
+    format!(
+        "[backends]
+runtime_api = \"unix:{socket}\"
+names = [\"{BACKEND}\"]
+refresh = \"1s\"
+
+[probe]
+interval = \"200ms\"
+jitter = 0.1
+connect_timeout = \"500ms\"
+response_timeout = \"400ms\"
+
+[[targets]]
+address = \"{probe_target}\"
+
+[decision]
+quarantine_after = 3
+restore_after = 2
+ramp = \"{ramp}ms\"
+ramp_start_percent = 10
+max_quarantined_share = 0.5
+",
+        socket = runtime_socket.display(),
+        ramp = ramp.as_millis()
+    )
+}
