@@ -72,6 +72,10 @@ enum Command {
     Who(commands::WhoArgs),
     /// The event timeline of one server: quarantines, restores, drains, rotations, exit-IP changes.
     History(commands::HistoryArgs),
+    /// Drain-rotate one server to a new exit IP with zero dropped clients: drain on every HAProxy,
+    /// maint, restart in another location, verify the new exit IP, ready. `--next` picks the
+    /// longest-quarantined server (else the oldest exit IP); `--dry-run` prints the plan.
+    Rotate(egress_checker::rotate::cli::RotateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         Some(Command::Migrate(db)) => return commands::migrate(db),
         Some(Command::Who(args)) => return commands::who(args),
         Some(Command::History(args)) => return commands::history(args),
+        Some(Command::Rotate(args)) => return egress_checker::rotate::cli::main(&cli.config, args),
         None => {
             eprintln!("no command given; see egress-checker --help");
             return ExitCode::from(2);
