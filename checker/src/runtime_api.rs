@@ -416,7 +416,7 @@ impl Fleet {
                 .ok_or_else(|| {
                     Self::err(
                         api,
-                        RuntimeApiError::Answer(format!("no server {backend}/{server}")),
+                        RuntimeApiError::Answer(format!("HAProxy has no server {backend}/{server}")),
                     )
                 })?;
             states.push(AdminState::from_servers_state_row(&row).unwrap_or(AdminState::Ready));

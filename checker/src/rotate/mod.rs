@@ -62,6 +62,8 @@ pub struct Plan {
     pub addr: SocketAddr,
     /// The exit IP before, when known.
     pub old_ip: Option<IpAddr>,
+    /// Whether `old_ip` was seen through the server just now (else it is the ledger's last one).
+    pub old_ip_probed: bool,
     /// Locations to try, in order.
     pub locations: Vec<String>,
     /// The HAProxy instances.
@@ -185,11 +187,11 @@ impl Rotator {
         let addr = crate::backends::spec_from_row(&row)
             .ok_or_else(|| RotateError::Invalid(format!("{key} has no usable address in HAProxy")))?
             .addr;
-        let old_ip = match self.prober.exit_ip(addr).await {
-            Some(Ok(ip)) => Some(ip),
+        let (old_ip, old_ip_probed) = match self.prober.exit_ip(addr).await {
+            Some(Ok(ip)) => (Some(ip), true),
             _ => match &self.store {
-                Some(store) => store.last_exit_ip(&backend, &server).await?,
-                None => None,
+                Some(store) => (store.last_exit_ip(&backend, &server).await?, false),
+                None => (None, false),
             },
         };
         let locations = self
@@ -201,6 +203,7 @@ impl Rotator {
             server,
             addr,
             old_ip,
+            old_ip_probed,
             locations,
             instances: self
                 .fleet
@@ -337,6 +340,24 @@ impl Rotator {
             reason,
         };
         tracing::info!(server = %format!("{b}/{s}"), old_ip = ?plan.old_ip, locations = ?plan.locations, "rotation started");
+
+        // The exit IP seen before the drain starts the timeline when the ledger did not know it, so
+        // `who --ip <old>` answers for the time before the rotation.
+        if let (true, Some(ip)) = (plan.old_ip_probed, plan.old_ip) {
+            match store.last_exit_ip(b, s).await {
+                Ok(known) if known == Some(ip) => {}
+                Ok(_) => {
+                    record(
+                        store,
+                        Event::new(EventKind::ExitIpObserved, Actor::Rotator, b, s)
+                            .new_ip(ip)
+                            .reason("seen by the rotator before the drain"),
+                    )
+                    .await
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the last exit IP"),
+            }
+        }
 
         // 1. drain everywhere, wait for scur 0 or the deadline, cut the rest.
         let drain_start = Instant::now();
