@@ -173,6 +173,17 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(scheduler::run_pool(ctx.clone(), source, shutdown.clone()));
+    let db_url = cfg
+        .rotation
+        .as_ref()
+        .and_then(|r| r.database_url.clone())
+        .map(|u| u.0);
+    tasks.spawn(rotate::heal::run(
+        cfg.clone(),
+        db_url,
+        shared.metrics.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(targets = cfg.targets.len(), "egress checker running");
     shutdown.cancelled().await;
     tasks.close();

@@ -145,6 +145,13 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    let mut config = config;
+    if let Some(r) = config.rotation.as_mut() {
+        r.database_url = args
+            .database_url
+            .clone()
+            .map(egress_checker::rotate::config::SecretUrl);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -59,3 +59,55 @@ impl MaintWatch {
             .is_some_and(|(_, set)| set.contains(&*key.server))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::RuntimeApiAddr;
+
+    #[tokio::test]
+    async fn reads_maint_bits_and_caches_per_backend() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = served.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut b = [0u8; 64];
+                let n = s.read(&mut b).await.unwrap();
+                assert_eq!(&b[..n], b"show servers state egress\n");
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                s.write_all(b"1\n# be_id be_name srv_id srv_name srv_admin_state\n3 egress 1 s1 1\n3 egress 2 s2 8\n3 egress 3 s3 0\n")
+                    .await
+                    .unwrap();
+            }
+        });
+        let w = MaintWatch::new(
+            RuntimeApi::new(RuntimeApiAddr::Tcp(addr), Duration::from_secs(2)),
+            Duration::from_secs(60),
+        );
+        assert!(w.in_maint(&ServerKey::new("egress", "s1")).await);
+        assert!(
+            !w.in_maint(&ServerKey::new("egress", "s2")).await,
+            "drain is not maint"
+        );
+        assert!(!w.in_maint(&ServerKey::new("egress", "s3")).await);
+        assert_eq!(
+            served.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one read per ttl"
+        );
+        // HAProxy unreachable: failures count as usual.
+        let gone = MaintWatch::new(
+            RuntimeApi::new(
+                RuntimeApiAddr::Unix("/nonexistent/h.sock".into()),
+                Duration::from_secs(1),
+            ),
+            Duration::from_secs(1),
+        );
+        assert!(!gone.in_maint(&ServerKey::new("egress", "s1")).await);
+    }
+}

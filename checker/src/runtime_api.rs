@@ -177,6 +177,15 @@ pub fn parse_show_stat(text: &str) -> Result<Vec<StatRow>, RuntimeApiError> {
         })?
         .split(',')
         .collect();
+    {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = header.iter().find(|h| !h.is_empty() && !seen.insert(**h)) {
+            return Err(RuntimeApiError::Answer(format!(
+                "show stat header names {:?} twice",
+                truncate(dup)
+            )));
+        }
+    }
     let col = |name: &str| header.iter().position(|h| *h == name);
     let need = |name: &str| {
         col(name).ok_or_else(|| RuntimeApiError::Answer(format!("show stat has no {name} column")))
@@ -544,6 +553,12 @@ mod tests {
         assert!(parse_show_stat("# pxname,svname,scur,status\nx,y,-1,UP\n").is_err());
         assert!(parse_show_stat("Permission denied\n").is_err());
         assert!(parse_show_stat("").is_err());
+        assert!(
+            parse_show_stat("# pxname,svname,scur,status,pxname\nx,y,1,UP,z\n")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
     }
 
     #[test]

@@ -47,6 +47,20 @@ pub struct RotationConfig {
     pub executor: ExecutorConfig,
     /// Per server (`backend/server`), the locations it rotates through, in order.
     pub locations: BTreeMap<String, Vec<String>>,
+    /// The ledger URL for self-healing rotations; not a config key: `run` sets it from
+    /// `--database-url`.
+    #[serde(skip)]
+    pub database_url: Option<SecretUrl>,
+}
+
+/// A database URL whose `Debug` hides the password.
+#[derive(Clone)]
+pub struct SecretUrl(pub String);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&egress_ledger::error::redact_url(&self.0))
+    }
 }
 
 fn d_command() -> Duration {

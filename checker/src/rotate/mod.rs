@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod config;
 pub mod executor;
+pub mod heal;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
