@@ -855,3 +855,55 @@ listen {BACKEND}
     );
     checker.stop();
 }
+
+/// Two HAProxy instances in front of the same backends (an HA pair): the rotation's state changes
+/// reach both, a failed one leaves the server in maint on both, and a good one brings both back.
+#[test]
+fn every_instance_follows_the_rotation() {
+    let rig = Rig::start();
+    rig.migrate();
+    let (s1_addr, s2_addr) = {
+        let p = rig.proxies.lock().unwrap();
+        (p["s1"].addr(), p["s2"].addr())
+    };
+    let second = Haproxy::start(&haproxy_config(s1_addr, s2_addr)).expect("second haproxy");
+    let second_socket = format!("unix:{}", second.runtime_socket().display());
+    let admin_of = |h: &Haproxy| {
+        h.show_servers_state()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.get("srv_name").map(String::as_str) == Some("s1"))
+            .and_then(|r| r.get("srv_admin_state").cloned())
+            .unwrap_or_default()
+    };
+    let both = [rig.admin_socket(), second_socket];
+
+    let broken = rig.config(&both, "\"egress/s1\" = [\"not-an-ip\"]");
+    let out = rig.checker(&broken, &["rotate", "egress/s1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        (admin_of(&rig.haproxy), admin_of(&second)),
+        ("1".into(), "1".into())
+    );
+
+    let good = rig.config(&both, "\"egress/s1\" = [\"127.0.0.21\"]");
+    let out = rig.checker(&good, &["rotate", "egress/s1", "--json"]);
+    assert!(out.status.success());
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["new_ip"], "127.0.0.21");
+    assert_eq!(result["plan"]["instances"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (admin_of(&rig.haproxy), admin_of(&second)),
+        ("0".into(), "0".into())
+    );
+    for h in [&rig.haproxy, &second] {
+        assert!(wait_until(Duration::from_secs(10), || {
+            h.stat(BACKEND, "s1")
+                .ok()
+                .flatten()
+                .and_then(|r| r.get("status").cloned())
+                .as_deref()
+                == Some("UP")
+        }));
+    }
+}
