@@ -49,7 +49,10 @@ impl MaintWatch {
                     cache.insert(key.backend.to_string(), (Instant::now(), maint));
                 }
                 Err(error) => {
+                    // Remember "unknown" for a ttl too, so an unreachable HAProxy costs one timeout
+                    // per backend and ttl, not one per failing probe.
                     tracing::debug!(%error, backend = %key.backend, "cannot read admin states");
+                    cache.insert(key.backend.to_string(), (Instant::now(), HashSet::new()));
                     return false;
                 }
             }
