@@ -10,7 +10,12 @@ use crate::Config;
 
 /// Arguments of `egress-checker rotate`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["server", "next"])))]
+#[command(
+    group(clap::ArgGroup::new("which").required(true).args(["server", "next"])),
+    after_help = "Exit codes: 0 rotated (or planned), 1 the rotation failed (the server is left in MAINT; \
+                  the ledger has a rotation_failed event with the reason), 2 bad input or configuration \
+                  (nothing changed), 3 another rotation holds the fleet-wide lock."
+)]
 pub struct RotateArgs {
     /// The server to rotate, as `backend/server` (it needs a [rotation.locations] entry).
     pub server: Option<String>,
