@@ -57,6 +57,9 @@ pub struct Config {
     /// Where the backend list comes from.
     #[serde(default)]
     pub backends: BackendsConfig,
+    /// Drain-rotate (`egress-checker rotate`, self-healing); off when absent.
+    #[serde(default)]
+    pub rotation: Option<crate::rotate::config::RotationConfig>,
 }
 
 /// `[probe]`
@@ -470,6 +473,9 @@ impl Config {
                     }
                 }
             }
+        }
+        if let Some(r) = &self.rotation {
+            p.extend(r.problems());
         }
         p
     }

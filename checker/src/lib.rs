@@ -18,10 +18,12 @@ pub mod backends;
 pub mod config;
 pub mod control;
 pub mod ledger_observer;
+pub mod maint;
 pub mod metrics;
 pub mod observer;
 pub mod probe;
 pub mod report;
+pub mod rotate;
 pub mod runtime_api;
 pub mod scheduler;
 pub mod state;
@@ -142,13 +144,11 @@ pub async fn run(
     let source = backends::BackendSource::from_config(&cfg.backends).map_err(Error::Setup)?;
     let control = control::Control::new(&prober, cfg.control.ttl, cfg.control.timeout);
     let shared = Arc::new(Shared::new(Params::from_config(&cfg.decision), metrics));
-    let ctx = Arc::new(scheduler::Ctx::new(
-        shared.clone(),
-        prober,
-        control,
-        observer,
-        &cfg.probe,
-    ));
+    let mut ctx = scheduler::Ctx::new(shared.clone(), prober, control, observer, &cfg.probe);
+    if let Some(api) = maint_api(&cfg) {
+        ctx = ctx.with_maint_watch(maint::MaintWatch::new(api, Duration::from_millis(500)));
+    }
+    let ctx = Arc::new(ctx);
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(agent::serve(
@@ -174,6 +174,17 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(scheduler::run_pool(ctx.clone(), source, shutdown.clone()));
+    let db_url = cfg
+        .rotation
+        .as_ref()
+        .and_then(|r| r.database_url.clone())
+        .map(|u| u.0);
+    tasks.spawn(rotate::heal::run(
+        cfg.clone(),
+        db_url,
+        shared.metrics.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(targets = cfg.targets.len(), "egress checker running");
     shutdown.cancelled().await;
     tasks.close();
@@ -185,4 +196,15 @@ pub async fn run(
         tracing::warn!("checker tasks did not stop within 5s");
     }
     Ok(())
+}
+
+/// Where MAINT states are read: the backend source's runtime API, else the first rotation instance.
+fn maint_api(cfg: &Config) -> Option<runtime_api::RuntimeApi> {
+    let addr = cfg
+        .backends
+        .runtime_api
+        .clone()
+        .or_else(|| cfg.rotation.as_ref().and_then(|r| r.instances.first().cloned()))?;
+    let addr = config::RuntimeApiAddr::parse(&addr).ok()?;
+    Some(runtime_api::RuntimeApi::new(addr, Duration::from_secs(2)))
 }

@@ -76,6 +76,10 @@ enum Command {
     /// summary, over the last 24 h (--since). Files are replaced atomically; a failed run leaves the
     /// previous report in place.
     Report(egress_checker::report::ReportArgs),
+    /// Drain-rotate one server to a new exit IP with zero dropped clients: drain on every HAProxy,
+    /// maint, restart in another location, verify the new exit IP, ready. `--next` picks the
+    /// longest-quarantined server (else the oldest exit IP); `--dry-run` prints the plan.
+    Rotate(egress_checker::rotate::cli::RotateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         Some(Command::Who(args)) => return commands::who(args),
         Some(Command::History(args)) => return commands::history(args),
         Some(Command::Report(args)) => return egress_checker::report::main(args),
+        Some(Command::Rotate(args)) => return egress_checker::rotate::cli::main(&cli.config, args),
         None => {
             eprintln!("no command given; see egress-checker --help");
             return ExitCode::from(2);
@@ -145,6 +150,13 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    let mut config = config;
+    if let Some(r) = config.rotation.as_mut() {
+        r.database_url = args
+            .database_url
+            .clone()
+            .map(egress_checker::rotate::config::SecretUrl);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

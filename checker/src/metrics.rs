@@ -7,7 +7,7 @@ use prometheus::{
 /// Every metric the checker exports.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    /// Probes by result (`ok` or a failure class) and verdict (`counted`, `excused`).
+    /// Probes by result (`ok` or a failure class) and verdict (`counted`, `excused`, `maint`: failed while HAProxy had the server in maintenance, not counted).
     pub probes: IntCounterVec,
     /// Probe duration.
     pub probe_duration: Histogram,
@@ -31,6 +31,10 @@ pub struct Metrics {
     pub exit_ip_changes: IntCounter,
     /// Backend-list refreshes by result.
     pub backend_refreshes: IntCounterVec,
+    /// Rotations run by this process (self-healing), by result (`ok`, `failed`).
+    pub rotations: IntCounterVec,
+    /// 1 while this process runs a rotation.
+    pub rotation_in_progress: IntGauge,
 }
 
 impl Metrics {
@@ -106,7 +110,24 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            rotations: IntCounterVec::new(
+                Opts::new(
+                    "egress_checker_rotations_total",
+                    "Drain-rotations run by the checker, by result (ok, failed).",
+                ),
+                &["result"],
+            )?,
+            rotation_in_progress: IntGauge::new(
+                "egress_checker_rotation_in_progress",
+                "1 while the checker runs a drain-rotation.",
+            )?,
         };
+        // Both results exist from the start, so rate() and alerts see a 0 rather than no series.
+        for result in ["ok", "failed"] {
+            m.rotations.with_label_values(&[result]);
+        }
+        registry.register(Box::new(m.rotations.clone()))?;
+        registry.register(Box::new(m.rotation_in_progress.clone()))?;
         registry.register(Box::new(m.probes.clone()))?;
         registry.register(Box::new(m.probe_duration.clone()))?;
         registry.register(Box::new(m.probe_lateness.clone()))?;

@@ -45,6 +45,8 @@ pub struct Ctx {
     pub jitter: f64,
     /// The checker's own direct exit IP (for leak detection), refreshed in the background.
     pub direct_ip: RwLock<Option<IpAddr>>,
+    /// HAProxy's maintenance states: failures of servers in MAINT are not counted.
+    pub maint: Option<crate::maint::MaintWatch>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -77,7 +79,15 @@ impl Ctx {
             interval: probe.interval,
             jitter: probe.jitter,
             direct_ip: RwLock::new(None),
+            maint: None,
         }
+    }
+
+    /// Do not count failures of servers HAProxy has in maintenance (read through `watch`).
+    #[must_use]
+    pub fn with_maint_watch(mut self, watch: crate::maint::MaintWatch) -> Self {
+        self.maint = Some(watch);
+        self
     }
 
     /// The one place transitions go: a metric update and an observer call each, then the gauges.
@@ -170,6 +180,13 @@ fn apply(
     ctx.shared.update_gauges();
 }
 
+async fn in_maint(ctx: &Ctx, key: &ServerKey) -> bool {
+    match &ctx.maint {
+        Some(w) => w.in_maint(key).await,
+        None => false,
+    }
+}
+
 async fn server_loop(ctx: Arc<Ctx>, key: ServerKey, addr: SocketAddr, token: CancellationToken) {
     let interval = ctx.interval;
     // Spread first probes over one interval so servers do not probe in lockstep.
@@ -208,6 +225,15 @@ async fn server_loop(ctx: Arc<Ctx>, key: ServerKey, addr: SocketAddr, token: Can
                 Outcome::Success {
                     exit_ip_verified: false,
                 }
+            }
+            Err(class) if in_maint(&ctx, &key).await => {
+                ctx.shared
+                    .metrics
+                    .probes
+                    .with_label_values(&[class.as_str(), "maint"])
+                    .inc();
+                tracing::debug!(server = %key, class = class.as_str(), "probe failed while in HAProxy maintenance: not counted");
+                Outcome::Inconclusive
             }
             Err(class) => {
                 let excused = class.may_be_target_side() && !ctx.control.target_ok(&ctx.prober, idx).await;
