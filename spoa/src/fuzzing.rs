@@ -81,39 +81,68 @@ fn fuzz_agent() -> Arc<Agent> {
         .clone()
 }
 
-/// The whole connection state machine fed arbitrary bytes. If `data` starts with `!`, a valid
-/// HAPROXY-HELLO is sent first so the fuzzer reaches the NOTIFY path quickly.
+/// The whole connection state machine fed arbitrary bytes, synchronously (no runtime, no socket:
+/// the [`Session`] is what `serve_connection` drives). Shortcuts so the fuzzer reaches the NOTIFY
+/// path quickly: if `data` starts with `!`, a valid HAPROXY-HELLO is sent first; with `?` and a
+/// byte `b`, a valid HELLO offering max-frame-size `256 + 64·b` (so smaller negotiated limits are
+/// exercised too). Checks that no more than one frame (at the limit in force) plus one input chunk
+/// is ever buffered, and that no buffer grows past 64 KiB.
 pub fn connection(data: &[u8]) {
     let mut session = Session::new(fuzz_agent(), frame::DEFAULT_MAX_FRAME_SIZE);
     let mut input = BytesMut::new();
-    let data = match data.split_first() {
-        Some((b'!', rest)) => {
+    let data = match data {
+        [b'!', rest @ ..] => {
             input.extend_from_slice(&valid_hello());
+            rest
+        }
+        [b'?', b, rest @ ..] => {
+            input.extend_from_slice(&hello_with_max(256 + 64 * u32::from(*b)));
             rest
         }
         _ => data,
     };
     let mut out = BytesMut::new();
     let mut closed = false;
-    for piece in data.chunks(97).chain(std::iter::once(&[][..])) {
+    for piece in data.chunks(CHUNK).chain(std::iter::once(&[][..])) {
         input.extend_from_slice(piece);
         loop {
             match session.process(&mut input, &mut out, 8) {
                 Step::Yield => continue,
-                Step::NeedInput => break,
+                Step::NeedInput => {
+                    // What is left is the start of one frame within the limit in force.
+                    assert!(input.len() < 4 + session.max_frame_size() as usize);
+                    break;
+                }
                 Step::Close => {
                     closed = true;
                     break;
                 }
             }
         }
+        assert!(
+            input.capacity() <= BUFFER_LIMIT,
+            "input buffer grew to {}",
+            input.capacity()
+        );
         if closed {
             assert_eq!(session.state(), State::Closing);
             break;
         }
+        // The caller flushes after every process(): check and drop what was written.
+        assert!(
+            out.capacity() <= BUFFER_LIMIT,
+            "output buffer grew to {}",
+            out.capacity()
+        );
+        check_agent_output(&mut out, session.max_frame_size());
     }
     check_agent_output(&mut out, session.max_frame_size());
 }
+
+/// Bytes handed to the session per read in [`connection`].
+const CHUNK: usize = 97;
+/// No connection buffer may grow beyond this (16 KiB frames, amortised growth).
+const BUFFER_LIMIT: usize = 64 * 1024;
 
 /// Everything the agent writes is a sequence of well-formed agent frames with FIN set; every ACK
 /// carries at least one action.
@@ -139,10 +168,15 @@ pub fn check_agent_output(out: &mut BytesMut, max: u32) {
 
 /// A HAPROXY-HELLO as HAProxy 3.x sends it by default.
 pub fn valid_hello() -> Vec<u8> {
+    hello_with_max(16380)
+}
+
+/// A valid HAPROXY-HELLO offering `max_frame_size`.
+pub fn hello_with_max(max_frame_size: u32) -> Vec<u8> {
     let mut out = BytesMut::new();
     let mut w = frame::FrameWriter::begin(&mut out, FrameType::HaproxyHello, frame::Flags::FIN, 0, 0);
     frame::kv::encode_pair(b"supported-versions", TypedData::String(b"2.0"), w.payload());
-    frame::kv::encode_pair(b"max-frame-size", TypedData::Uint32(16380), w.payload());
+    frame::kv::encode_pair(b"max-frame-size", TypedData::Uint32(max_frame_size), w.payload());
     frame::kv::encode_pair(b"capabilities", TypedData::String(b"pipelining"), w.payload());
     w.finish(16380).expect("small frame");
     out.to_vec()
