@@ -264,6 +264,19 @@ pub struct AttributionReceiver {
     queued: Arc<AtomicUsize>,
 }
 
+impl AttributionReceiver {
+    /// Take every queued batch without waiting (the fuzz harness drains after each input, so
+    /// nothing it allocated outlives the input). Returns the records taken.
+    pub fn drain_now(&mut self) -> usize {
+        let mut n = 0;
+        while let Ok(batch) = self.rx.try_recv() {
+            self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            n += batch.len();
+        }
+        n
+    }
+}
+
 /// A queue holding at most `capacity` records (in batches).
 pub fn channel(capacity: usize, metrics: Arc<Metrics>) -> (AttributionSender, AttributionReceiver) {
     let capacity = capacity.max(1);

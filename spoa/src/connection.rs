@@ -297,6 +297,10 @@ pub async fn serve_connection<S>(
     let mut draining = false;
     let mut drain_deadline = tokio::time::Instant::now();
     let mut partial_since: Option<tokio::time::Instant> = None;
+    // Created once: a fresh `cancelled()` per read would register and unregister a waiter on the
+    // token (two lock round-trips) for every read batch.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let step = session.process(&mut rbuf, &mut wbuf, cfg.max_inflight.max(1));
         if !wbuf.is_empty() {
@@ -357,7 +361,7 @@ pub async fn serve_connection<S>(
                     session.close(status, &mut wbuf);
                 }
             },
-            _ = shutdown.cancelled(), if !draining => {
+            _ = &mut cancelled, if !draining => {
                 draining = true;
                 drain_deadline = tokio::time::Instant::now() + cfg.drain_max;
                 if session.state() == State::AwaitHello {

@@ -2,7 +2,7 @@
 //! (so every target also runs on stable in the normal test suite). Each asserts invariants and
 //! panics only on a real bug.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::BytesMut;
 use egress_common::client_hash::HashKey;
@@ -65,55 +65,89 @@ pub fn typed_data(data: &[u8]) {
     let _ = frame::varint::decode(data);
 }
 
-fn fuzz_agent() -> Arc<Agent> {
-    static AGENT: OnceLock<(Arc<Agent>, attribution::AttributionReceiver)> = OnceLock::new();
-    AGENT
-        .get_or_init(|| {
-            let metrics = Arc::new(Metrics::new().expect("metrics register"));
-            let (tx, rx) = attribution::channel(1024, metrics.clone());
-            let key = HashKey::from_hex("000102030405060708090a0b0c0d0e0f").expect("static key");
-            (
-                Arc::new(Agent::new(key, Arc::new(ExitIps::new()), tx, metrics)),
-                rx,
-            )
-        })
-        .0
-        .clone()
+/// The shared agent, and its attribution queue (drained after each input).
+type FuzzAgent = (Arc<Agent>, Mutex<attribution::AttributionReceiver>);
+
+fn fuzz_agent() -> &'static FuzzAgent {
+    static AGENT: OnceLock<FuzzAgent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let metrics = Arc::new(Metrics::new().expect("metrics register"));
+        let (tx, rx) = attribution::channel(1024, metrics.clone());
+        let key = HashKey::from_hex("000102030405060708090a0b0c0d0e0f").expect("static key");
+        (
+            Arc::new(Agent::new(key, Arc::new(ExitIps::new()), tx, metrics)),
+            Mutex::new(rx),
+        )
+    })
 }
 
-/// The whole connection state machine fed arbitrary bytes. If `data` starts with `!`, a valid
-/// HAPROXY-HELLO is sent first so the fuzzer reaches the NOTIFY path quickly.
+/// The whole connection state machine fed arbitrary bytes, synchronously (no runtime, no socket:
+/// the [`Session`] is what `serve_connection` drives). Shortcuts so the fuzzer reaches the NOTIFY
+/// path quickly: if `data` starts with `!`, a valid HAPROXY-HELLO is sent first; with `?` and a
+/// byte `b`, a valid HELLO offering max-frame-size `256 + 64·b` (so smaller negotiated limits are
+/// exercised too). Checks that no more than one frame (at the limit in force) plus one input chunk
+/// is ever buffered, and that no buffer grows past 64 KiB.
 pub fn connection(data: &[u8]) {
-    let mut session = Session::new(fuzz_agent(), frame::DEFAULT_MAX_FRAME_SIZE);
+    let (agent, queue) = fuzz_agent();
+    let mut session = Session::new(agent.clone(), frame::DEFAULT_MAX_FRAME_SIZE);
     let mut input = BytesMut::new();
-    let data = match data.split_first() {
-        Some((b'!', rest)) => {
+    let data = match data {
+        [b'!', rest @ ..] => {
             input.extend_from_slice(&valid_hello());
+            rest
+        }
+        [b'?', b, rest @ ..] => {
+            input.extend_from_slice(&hello_with_max(256 + 64 * u32::from(*b)));
             rest
         }
         _ => data,
     };
     let mut out = BytesMut::new();
     let mut closed = false;
-    for piece in data.chunks(97).chain(std::iter::once(&[][..])) {
+    for piece in data.chunks(CHUNK).chain(std::iter::once(&[][..])) {
         input.extend_from_slice(piece);
         loop {
             match session.process(&mut input, &mut out, 8) {
                 Step::Yield => continue,
-                Step::NeedInput => break,
+                Step::NeedInput => {
+                    // What is left is the start of one frame within the limit in force.
+                    assert!(input.len() < 4 + session.max_frame_size() as usize);
+                    break;
+                }
                 Step::Close => {
                     closed = true;
                     break;
                 }
             }
         }
+        assert!(
+            input.capacity() <= BUFFER_LIMIT,
+            "input buffer grew to {}",
+            input.capacity()
+        );
         if closed {
             assert_eq!(session.state(), State::Closing);
             break;
         }
+        // The caller flushes after every process(): check and drop what was written.
+        assert!(
+            out.capacity() <= BUFFER_LIMIT,
+            "output buffer grew to {}",
+            out.capacity()
+        );
+        check_agent_output(&mut out, session.max_frame_size());
     }
     check_agent_output(&mut out, session.max_frame_size());
+    drop(session);
+    // Free what the handlers queued: libFuzzer runs a (slow) leak scan after any input that
+    // allocated more than it freed.
+    queue.lock().unwrap_or_else(|e| e.into_inner()).drain_now();
 }
+
+/// Bytes handed to the session per read in [`connection`].
+const CHUNK: usize = 97;
+/// No connection buffer may grow beyond this (16 KiB frames, amortised growth).
+const BUFFER_LIMIT: usize = 64 * 1024;
 
 /// Everything the agent writes is a sequence of well-formed agent frames with FIN set; every ACK
 /// carries at least one action.
@@ -139,10 +173,15 @@ pub fn check_agent_output(out: &mut BytesMut, max: u32) {
 
 /// A HAPROXY-HELLO as HAProxy 3.x sends it by default.
 pub fn valid_hello() -> Vec<u8> {
+    hello_with_max(16380)
+}
+
+/// A valid HAPROXY-HELLO offering `max_frame_size`.
+pub fn hello_with_max(max_frame_size: u32) -> Vec<u8> {
     let mut out = BytesMut::new();
     let mut w = frame::FrameWriter::begin(&mut out, FrameType::HaproxyHello, frame::Flags::FIN, 0, 0);
     frame::kv::encode_pair(b"supported-versions", TypedData::String(b"2.0"), w.payload());
-    frame::kv::encode_pair(b"max-frame-size", TypedData::Uint32(16380), w.payload());
+    frame::kv::encode_pair(b"max-frame-size", TypedData::Uint32(max_frame_size), w.payload());
     frame::kv::encode_pair(b"capabilities", TypedData::String(b"pipelining"), w.payload());
     w.finish(16380).expect("small frame");
     out.to_vec()
