@@ -5,6 +5,8 @@
 //! - `k8s/base/haproxy/haproxy.cfg` (+ a copy of `haproxy/spoe-egress.conf` beside it, as kustomize
 //!   reads no file outside its folder): the same pool for Kubernetes (servers are Services);
 //! - `k8s/base/backends.yaml`: one egress backend Deployment + Service per server;
+//! - `k8s/base/rotator-role.yaml`: the rotator's RBAC, exactly the pool's Deployments;
+//! - the `[rotation.locations]` tail of `k8s/base/checker/checker.toml` (below its GENERATED line);
 //!
 //! and, for the tests and the demo, [`haproxy_for_test`]: the same template rendered for loopback
 //! servers and harness ports. `egress-gen --check` (and the `shipped_config` test) fail when a
