@@ -291,16 +291,9 @@ fn step_report(stack: &LocalStack) -> anyhow::Result<std::path::PathBuf> {
     let out = stack.dir().join("report");
     let out_text = out.to_string_lossy().into_owned();
     say("== 7. The morning report: egress-checker report --since 1h --out <dir>");
-    stack.cli(&[
-        "report",
-        "--since",
-        "1h",
-        "--out",
-        &out_text,
-        "--title",
-        "egress-demo",
-    ])?;
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
+    stack.cli(&["report", "--since", "1h", "--out", &out_text, "--title", "egress-demo"])?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
     let (backend, server) = FAULT_SERVER;
     let quarantines = json["servers"]
         .as_array()
