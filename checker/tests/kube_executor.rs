@@ -52,9 +52,30 @@ struct Cluster {
     errors: Vec<String>,
 }
 
+/// In the `Rollout` scenario, the poll (GET of the Deployment after the patch) from which the rollout
+/// is complete. Each earlier poll fails exactly one of the executor's conditions, so dropping any
+/// of them makes `restart` return early: 1 stale `observedGeneration`, 2 `updatedReplicas` 0,
+/// 3 `readyReplicas` 0, 4 the new pod not Ready.
+const READY_AT_POLL: u32 = 5;
+
 impl Cluster {
     fn ready(&self) -> bool {
-        self.scenario == Scenario::Rollout && self.polls > 2
+        self.scenario == Scenario::Rollout && self.polls >= READY_AT_POLL
+    }
+
+    /// (observedGeneration caught up, updatedReplicas, readyReplicas, new pod Ready).
+    fn rollout(&self) -> (bool, i64, i64, bool) {
+        match (&self.stamp, self.scenario) {
+            (None, _) => (true, 1, 1, true),
+            (Some(_), Scenario::Rollout) => match self.polls {
+                0 | 1 => (false, 1, 1, true),
+                2 => (true, 0, 1, true),
+                3 => (true, 1, 0, true),
+                4 => (true, 1, 1, false),
+                _ => (true, 1, 1, true),
+            },
+            (Some(_), _) => (false, 0, 0, false),
+        }
     }
 
     fn deployment(&self) -> Value {
@@ -63,8 +84,7 @@ impl Cluster {
         } else {
             "Recreate"
         };
-        let rolled = self.stamp.is_none() || self.ready();
-        let n = i64::from(rolled);
+        let (observed, updated, ready, _) = self.rollout();
         let mut annotations = json!({});
         if let Some(s) = &self.stamp {
             annotations[ANNOTATION] = json!(s);
@@ -91,10 +111,10 @@ impl Cluster {
                 },
             },
             "status": {
-                "observedGeneration": if rolled { self.generation } else { self.generation - 1 },
+                "observedGeneration": if observed { self.generation } else { self.generation - 1 },
                 "replicas": 1,
-                "updatedReplicas": n,
-                "readyReplicas": n,
+                "updatedReplicas": updated,
+                "readyReplicas": ready,
             },
         })
     }
@@ -106,21 +126,24 @@ impl Cluster {
         });
         let items = match &self.stamp {
             None => vec![old],
-            Some(stamp) if self.polls >= 1 => {
-                let ready = if self.ready() { "True" } else { "False" };
-                let phase = if self.ready() { "Running" } else { "Pending" };
-                vec![json!({
-                    "metadata": {"name": "egress-g01-new",
-                                 "labels": {"app.kubernetes.io/instance": "egress-g01"},
-                                 "annotations": {ANNOTATION: stamp}},
-                    "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]},
-                })]
-            }
-            // Recreate: the old pod is still terminating right after the patch.
-            Some(_) => {
+            Some(stamp) => {
+                let (ready, phase) = if self.rollout().3 {
+                    ("True", "Running")
+                } else {
+                    ("False", "Pending")
+                };
+                // The old pod, still Ready while it terminates, must not count.
                 let mut old = old;
                 old["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-                vec![old]
+                vec![
+                    old,
+                    json!({
+                        "metadata": {"name": "egress-g01-new",
+                                     "labels": {"app.kubernetes.io/instance": "egress-g01"},
+                                     "annotations": {ANNOTATION: stamp}},
+                        "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]},
+                    }),
+                ]
             }
         };
         json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
@@ -353,7 +376,8 @@ async fn patches_the_env_and_annotation_then_waits_for_the_new_pod() {
     );
     assert_eq!(seen.iter().filter(|m| m.starts_with("PATCH")).count(), 1);
     assert!(seen.iter().any(|m| *m == format!("GET {PODS_PATH}")), "{seen:?}");
-    assert!(c.polls >= 3, "polls {}", c.polls);
+    // It returned at the first poll that met every condition, and not before.
+    assert_eq!(c.polls, READY_AT_POLL);
 }
 
 #[tokio::test]
