@@ -5,6 +5,8 @@
 //! - `k8s/base/haproxy/haproxy.cfg` (+ a copy of `haproxy/spoe-egress.conf` beside it, as kustomize
 //!   reads no file outside its folder): the same pool for Kubernetes (servers are Services);
 //! - `k8s/base/backends.yaml`: one egress backend Deployment + Service per server;
+//! - `k8s/base/rotator-role.yaml`: the rotator's RBAC, exactly the pool's Deployments;
+//! - the `[rotation.locations]` tail of `k8s/base/checker/checker.toml` (below its GENERATED line);
 //!
 //! and, for the tests and the demo, [`haproxy_for_test`]: the same template rendered for loopback
 //! servers and harness ports. `egress-gen --check` (and the `shipped_config` test) fail when a
@@ -362,7 +364,8 @@ pub fn render_k8s_rotator_role(pool: &[PoolServer]) -> anyhow::Result<String> {
     Ok(format!(
         "# GENERATED from haproxy/pool.txt by scripts/gen-config: edit that list, not this file.
 # The rotator (egress-checker rotate, and the checker's own rotation of long-quarantined servers)
-# patches the egress backend Deployments' env and restart annotation and watches their pods.
+# patches the egress backend Deployments' env and restart annotation and reads their pods (the
+# kubernetes executor: get + patch deployments, list pods by the Deployment's selector; it polls, no watch).
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata:
@@ -374,9 +377,27 @@ rules:
     resourceNames:
 {names}  - apiGroups: [\"\"]
     resources: [\"pods\"]
-    verbs: [\"get\", \"list\", \"watch\"]
+    verbs: [\"list\"]
 "
     ))
+}
+
+/// The line after which `k8s/base/checker/checker.toml` is generated; above it the file is edited
+/// by hand.
+pub const K8S_CHECKER_MARK: &str = "# ---- GENERATED from haproxy/pool.txt by scripts/gen-config: edit that list, not the lines below. ----\n";
+
+/// `k8s/base/checker/checker.toml`: the hand-written part above [`K8S_CHECKER_MARK`] (from `current`,
+/// the committed file), then `[rotation.locations]`: each server rotates within its pool location
+/// (a restart in the same country gets another VPN server, hence another exit IP).
+pub fn render_k8s_checker(current: &str, pool: &[PoolServer]) -> anyhow::Result<String> {
+    let (head, _) = current
+        .split_once(K8S_CHECKER_MARK)
+        .context("k8s/base/checker/checker.toml has no GENERATED marker line")?;
+    let mut out = format!("{head}{K8S_CHECKER_MARK}[rotation.locations]\n");
+    for s in pool {
+        writeln!(out, "\"{}/{}\" = [{:?}]", s.backend, s.name, s.location)?;
+    }
+    Ok(out)
 }
 
 /// Every generated file: (path relative to the repository root, expected content).
@@ -397,6 +418,10 @@ pub fn generated_files() -> anyhow::Result<Vec<(String, String)>> {
         (
             "k8s/base/rotator-role.yaml".to_owned(),
             render_k8s_rotator_role(&pool)?,
+        ),
+        (
+            "k8s/base/checker/checker.toml".to_owned(),
+            render_k8s_checker(&read("k8s/base/checker/checker.toml")?, &pool)?,
         ),
     ])
 }

@@ -107,6 +107,159 @@ pub enum ExecutorConfig {
         #[serde(default)]
         args: Vec<String>,
     },
+    /// Patch the server's Deployment (the location into one env variable of its container, the
+    /// restart annotation of its pod template to now) and wait until the new pod is Ready. The
+    /// Deployment must use `strategy: Recreate`: two pods of one backend must never hold two tunnels.
+    Kubernetes(KubernetesExecutorConfig),
+}
+
+/// `[rotation.executor] kind = "kubernetes"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesExecutorConfig {
+    /// The namespace of the Deployments; default: the service account's namespace in a pod, else
+    /// the kubeconfig context's.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The Deployment of `backend/server`: `{backend}` and `{server}` are replaced.
+    #[serde(default = "d_deployment")]
+    pub deployment: String,
+    /// Explicit Deployment names per `backend/server`, over the template.
+    #[serde(default)]
+    pub deployments: BTreeMap<String, String>,
+    /// The container whose env is set; default: the pod template's first container.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// The env variable that receives the location.
+    #[serde(default = "d_env")]
+    pub env: String,
+    /// The pod-template annotation set to the time of the restart (what `kubectl rollout restart`
+    /// does with `kubectl.kubernetes.io/restartedAt`); it also marks the new pod.
+    #[serde(default = "d_annotation")]
+    pub restart_annotation: String,
+    /// How often the Deployment and its pods are read while waiting for the new pod.
+    #[serde(default = "d_k8s_poll", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// The API server (`http(s)://host:port`), without credentials; default: the in-cluster service
+    /// account, else the kubeconfig (`KUBECONFIG`, `~/.kube/config`). For tests and `kubectl proxy`.
+    #[serde(default)]
+    pub api_url: Option<String>,
+}
+
+fn d_deployment() -> String {
+    "egress-{server}".into()
+}
+fn d_env() -> String {
+    "SERVER_HOSTNAMES".into()
+}
+fn d_annotation() -> String {
+    "egress.haproxy-egress.io/restartedAt".into()
+}
+fn d_k8s_poll() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl KubernetesExecutorConfig {
+    /// The Deployment name of `backend/server`.
+    pub fn deployment_of(&self, backend: &str, server: &str) -> String {
+        match self.deployments.get(&format!("{backend}/{server}")) {
+            Some(name) => name.clone(),
+            None => self
+                .deployment
+                .replace("{backend}", backend)
+                .replace("{server}", server),
+        }
+    }
+
+    /// Every problem of the section; `servers` are the `backend/server` keys that rotate.
+    pub fn problems<'a>(&'a self, servers: impl Iterator<Item = &'a String>) -> Vec<String> {
+        let mut p = Vec::new();
+        let k = "rotation.executor";
+        if let Some(ns) = &self.namespace {
+            if !is_dns_label(ns) {
+                p.push(format!("{k}.namespace {ns:?} is not a namespace name (lowercase letters, digits, '-', at most 63)"));
+            }
+        }
+        if !is_env_name(&self.env) {
+            p.push(format!(
+                "{k}.env {:?} is not an environment variable name (letters, digits, '_', not starting with a digit)",
+                self.env
+            ));
+        }
+        if let Some(c) = &self.container {
+            if !is_dns_label(c) {
+                p.push(format!("{k}.container {c:?} is not a container name"));
+            }
+        }
+        if !is_annotation_key(&self.restart_annotation) {
+            p.push(format!(
+                "{k}.restart_annotation {:?} is not an annotation key ([prefix/]name, e.g. example.com/restartedAt)",
+                self.restart_annotation
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            p.push(format!("{k}.poll_interval must be greater than 0"));
+        }
+        if let Some(url) = &self.api_url {
+            match url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+                _ => p.push(format!("{k}.api_url {url:?} is not an http(s)://host:port URL")),
+            }
+        }
+        for key in self.deployments.keys() {
+            if !key
+                .split_once('/')
+                .is_some_and(|(b, s)| valid_name(b) && valid_name(s))
+            {
+                p.push(format!("{k}.deployments: {key:?} is not backend/server"));
+            }
+        }
+        for key in servers.chain(self.deployments.keys()) {
+            if let Some((b, s)) = key.split_once('/') {
+                let name = self.deployment_of(b, s);
+                if !is_dns_subdomain(&name) {
+                    p.push(format!(
+                        "{k}: the Deployment name of {key} would be {name:?}, not a Kubernetes name (lowercase letters, digits, '-', '.'); set {k}.deployments.\"{key}\""
+                    ));
+                }
+            }
+        }
+        p
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn is_annotation_key(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    prefix.is_none_or(is_dns_subdomain)
+        && !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 impl RotationConfig {
@@ -143,6 +296,7 @@ impl RotationConfig {
                     p.push("rotation.executor.program must not be empty".into());
                 }
             }
+            ExecutorConfig::Kubernetes(k) => p.extend(k.problems(self.locations.keys())),
         }
         if self.locations.is_empty() {
             p.push("rotation.locations: list the locations of at least one server (\"backend/server\" = [\"loc-a\", \"loc-b\"])".into());
@@ -262,5 +416,66 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("teleport"), "{e}");
+    }
+
+    #[test]
+    fn the_kubernetes_executor_parses_with_defaults() {
+        let c = load(
+            r#"
+            [rotation]
+            instances = ["tcp:10.0.0.2:9999"]
+            [rotation.executor]
+            kind = "kubernetes"
+            namespace = "egress"
+            [rotation.executor.deployments]
+            "egress/s1" = "vpn-one"
+            [rotation.locations]
+            "egress/s1" = ["de-fra", "nl-ams"]
+        "#,
+        )
+        .unwrap();
+        let super::ExecutorConfig::Kubernetes(k) = c.rotation.unwrap().executor else {
+            panic!("not kubernetes");
+        };
+        assert_eq!(k.env, "SERVER_HOSTNAMES");
+        assert_eq!(k.restart_annotation, "egress.haproxy-egress.io/restartedAt");
+        assert_eq!(k.deployment_of("egress", "s1"), "vpn-one");
+        assert_eq!(k.deployment_of("egress", "s2"), "egress-s2");
+        assert_eq!(k.poll_interval.as_secs(), 2);
+        assert!(k.container.is_none() && k.api_url.is_none());
+    }
+
+    #[test]
+    fn bad_kubernetes_settings_are_named() {
+        let e = load(
+            r#"
+            [rotation]
+            instances = ["tcp:10.0.0.2:9999"]
+            [rotation.executor]
+            kind = "kubernetes"
+            namespace = "Egress"
+            deployment = "{backend}-{server}"
+            env = "1BAD"
+            container = "Gluetun"
+            restart_annotation = "/x"
+            poll_interval = "0s"
+            api_url = "ftp://x"
+            [rotation.locations]
+            "egress_kr/s1" = ["kr"]
+        "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "rotation.executor.namespace \"Egress\"",
+            "rotation.executor.env \"1BAD\"",
+            "rotation.executor.container \"Gluetun\"",
+            "rotation.executor.restart_annotation \"/x\"",
+            "rotation.executor.poll_interval",
+            "rotation.executor.api_url \"ftp://x\"",
+            "the Deployment name of egress_kr/s1 would be \"egress_kr-s1\"",
+        ] {
+            assert!(e.contains(needle), "missing {needle} in {e}");
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::config::ExecutorConfig;
+use super::kubernetes::KubernetesExecutor;
 
 /// Runs the configured restart mechanism.
 #[derive(Clone, Debug)]
@@ -17,6 +18,8 @@ pub enum Executor {
         /// Leading arguments.
         args: Vec<String>,
     },
+    /// Patch the backend's Deployment and wait for its new pod (see [`super::kubernetes`]).
+    Kubernetes(KubernetesExecutor),
 }
 
 impl Executor {
@@ -27,6 +30,16 @@ impl Executor {
                 program: program.clone(),
                 args: args.clone(),
             },
+            ExecutorConfig::Kubernetes(k) => Executor::Kubernetes(KubernetesExecutor::new(k.clone())),
+        }
+    }
+
+    /// Checks what can be checked before anything changes (the kubernetes executor: the Deployment
+    /// exists, uses strategy Recreate, has the container).
+    pub async fn preflight(&self, backend: &str, server: &str) -> Result<(), String> {
+        match self {
+            Executor::Command { .. } => Ok(()),
+            Executor::Kubernetes(k) => k.preflight(backend, server).await,
         }
     }
 
@@ -39,6 +52,7 @@ impl Executor {
                 words.extend([backend.to_owned(), server.to_owned(), location.to_owned()]);
                 words.join(" ")
             }
+            Executor::Kubernetes(k) => k.describe(backend, server, location),
         }
     }
 
@@ -52,6 +66,7 @@ impl Executor {
         timeout: Duration,
     ) -> Result<(), String> {
         match self {
+            Executor::Kubernetes(k) => k.restart(backend, server, location, timeout).await,
             Executor::Command { program, args } => {
                 let mut child = tokio::process::Command::new(program)
                     .args(args)

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod executor;
 pub mod heal;
+pub mod kubernetes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -177,6 +178,10 @@ impl Rotator {
             }
         }
         self.fleet
+            .preflight(&backend, &server)
+            .await
+            .map_err(|e| RotateError::Invalid(format!("cannot rotate {key}: {e}")))?;
+        self.executor
             .preflight(&backend, &server)
             .await
             .map_err(|e| RotateError::Invalid(format!("cannot rotate {key}: {e}")))?;
