@@ -114,13 +114,29 @@ fn traffic(logs: &str) -> Vec<Traffic> {
     logs.lines().filter_map(parse_traffic).collect()
 }
 
-fn spoa_status(haproxy: &Haproxy) -> String {
-    haproxy
+/// `status` and `check_status` of the SPOA server, e.g. ("UP", "L7OK").
+fn spoa_status(haproxy: &Haproxy) -> (String, String) {
+    let row = haproxy
         .stat("spoe-egress", "spoa1")
         .ok()
         .flatten()
-        .and_then(|r| r.get("status").cloned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let get = |k: &str| row.get(k).cloned().unwrap_or_default();
+    (get("status"), get("check_status"))
+}
+
+/// `option spop-check` (HELLO with healthcheck=true) answered by the agent: fully UP by a passed
+/// check. HAProxy shows a server "UP 1/3" with check status INI before its first check, so a bare
+/// "UP" prefix would prove nothing.
+fn spop_check_up(haproxy: &Haproxy) -> bool {
+    let (status, check) = spoa_status(haproxy);
+    status == "UP" && check == "L7OK"
+}
+
+/// The agent is gone: HAProxy's spop-check failed often enough (fall) to mark it DOWN.
+fn spop_check_down(haproxy: &Haproxy) -> bool {
+    let (status, check) = spoa_status(haproxy);
+    status == "DOWN" && check != "L7OK"
 }
 
 /// HAProxy's own SPOE log: every on-server-session exchange succeeded (st=0).
@@ -196,10 +212,10 @@ fn http_mode_tags_connect_traffic_and_fails_open_without_the_agent() -> anyhow::
     );
     let haproxy = Haproxy::start(&config)?;
     let front = SocketAddr::from((Ipv4Addr::LOCALHOST, haproxy.port(FRONT_PORT)));
-    // `option spop-check`: HELLO with healthcheck=true, answered by the agent.
+    // Shipped `check inter 2s`, rise 2: two passed checks, 2 to 4 s.
     assert!(
-        wait_until(WAIT, || spoa_status(&haproxy).starts_with("UP")),
-        "spop-check: {}",
+        wait_until(WAIT, || spop_check_up(&haproxy)),
+        "spop-check: {:?}",
         spoa_status(&haproxy)
     );
 
@@ -234,10 +250,10 @@ fn http_mode_tags_connect_traffic_and_fails_open_without_the_agent() -> anyhow::
     stop_agent_and_check_flush(&mut agent, &key, &CLIENTS);
 
     // Fail open: with the agent gone, HAProxy marks it down (shipped `check inter 2s`, default
-    // fall 3: about 6 s) and clients still get through.
+    // fall 3: 4 to 6 s) and clients still get through.
     assert!(
-        wait_until(WAIT, || spoa_status(&haproxy).starts_with("DOWN")),
-        "{}",
+        wait_until(WAIT, || spop_check_down(&haproxy)),
+        "{:?}",
         spoa_status(&haproxy)
     );
     let before = traffic(&haproxy.logs()).len();
@@ -306,8 +322,8 @@ backend spoe-egress
     let haproxy = Haproxy::start(&config)?;
     let front = SocketAddr::from((Ipv4Addr::LOCALHOST, haproxy.port(0)));
     assert!(
-        wait_until(WAIT, || spoa_status(&haproxy).starts_with("UP")),
-        "spop-check: {}",
+        wait_until(WAIT, || spop_check_up(&haproxy)),
+        "spop-check: {:?}",
         spoa_status(&haproxy)
     );
 
@@ -327,8 +343,8 @@ backend spoe-egress
 
     // Fail open: with the agent gone, HAProxy marks it down and clients still get through.
     assert!(
-        wait_until(WAIT, || spoa_status(&haproxy).starts_with("DOWN")),
-        "{}",
+        wait_until(WAIT, || spop_check_down(&haproxy)),
+        "{:?}",
         spoa_status(&haproxy)
     );
     let before = tcp_traffic_lines(&haproxy.logs()).len();
