@@ -1,5 +1,8 @@
-//! egress-checker against the real HAProxy 2.6: tinyproxy backends (each with its own exit address),
-//! fault backends, the echo target, and the checker binary feeding HAProxy through agent-check.
+//! egress-checker against the real HAProxy 2.6 running the shipped configuration (haproxy/haproxy.cfg.in
+//! rendered for test ports by `egress_e2e::shipped::haproxy_for_test`: the shipped server line
+//! `weight 100 check inter 2s fall 3 rise 2 agent-check ... agent-inter 500ms`): tinyproxy backends
+//! (each with its own exit address), fault backends, the echo target, and the checker binary feeding
+//! HAProxy through agent-check. No egress-spoa runs here: the shipped SPOE filter fails open.
 //!
 //! Build the binary first: `cargo build -p egress-checker --bins`. Timings measured here are printed
 //! (`--nocapture`) as `FIGURE ...` lines.
@@ -13,32 +16,52 @@ use std::time::{Duration, Instant};
 use egress_e2e::client::{echo_ip_direct, echo_ip_via_proxy};
 use egress_e2e::echo::EchoServer;
 use egress_e2e::fault::{FaultBackend, FaultMode};
-use egress_e2e::haproxy::{GLOBAL, Haproxy};
+use egress_e2e::haproxy::{Haproxy, shipped_spoe_conf};
 use egress_e2e::process::{ChildSpec, ManagedChild};
+use egress_e2e::shipped::{AGENT_PORT, FRONT_PORT, haproxy_for_test};
 use egress_e2e::tinyproxy::Tinyproxy;
 use egress_e2e::{bins::bin_path, ports::free_port, wait_until};
 
 const BACKEND: &str = "egress";
 
-/// A server line per the shipped template: agent-check through the checker, plus a plain `check` as
-/// the second line of defence. `weight 100` so that agent `N%` has room (10 % of weight 1 is 0).
-fn haproxy_config(servers: &[(&str, SocketAddr)], agent_port: u16) -> String {
-    let mut cfg = format!(
-        "{GLOBAL}
-listen {BACKEND}
-    mode tcp
-    bind 127.0.0.1:{{{{PORT0}}}}
-    balance source
-    hash-type consistent
-    default-server weight 100 check inter 500ms fall 3 rise 2 agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 500ms
-"
-    );
-    for (name, addr) in servers {
-        cfg.push_str(&format!(
-            "    server {name} {addr} agent-send \"{BACKEND}/{name}\\n\"\n"
-        ));
+/// HAProxy running the shipped configuration with `servers` in the global pool (backend `egress`)
+/// and `kr_servers` in the Korea pool (`egress_kr`). The agent port is `h.port(AGENT_PORT)`.
+struct Proxy {
+    h: Haproxy,
+    _spoe: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Proxy {
+    type Target = Haproxy;
+    fn deref(&self) -> &Haproxy {
+        &self.h
     }
-    cfg
+}
+
+fn shipped_config(
+    servers: &[(&str, SocketAddr)],
+    kr_servers: &[(&str, SocketAddr)],
+) -> anyhow::Result<(String, tempfile::TempDir)> {
+    let spoe = tempfile::tempdir()?;
+    let all: Vec<(&str, &str, SocketAddr)> = servers
+        .iter()
+        .map(|(n, a)| (BACKEND, *n, *a))
+        .chain(kr_servers.iter().map(|(n, a)| ("egress_kr", *n, *a)))
+        .collect();
+    let config = haproxy_for_test(&all, &shipped_spoe_conf(spoe.path())?)?;
+    Ok((config, spoe))
+}
+
+fn start_haproxy(servers: &[(&str, SocketAddr)]) -> anyhow::Result<Proxy> {
+    let (config, spoe) = shipped_config(servers, &[])?;
+    Ok(Proxy {
+        h: Haproxy::start(&config)?,
+        _spoe: spoe,
+    })
+}
+
+fn agent_port(h: &Haproxy) -> u16 {
+    h.port(AGENT_PORT)
 }
 
 struct Checker {
@@ -46,7 +69,8 @@ struct Checker {
     _dir: tempfile::TempDir,
 }
 
-fn start_checker(haproxy: &Haproxy, agent_port: u16, targets: &str, extra: &str) -> anyhow::Result<Checker> {
+fn start_checker(haproxy: &Haproxy, targets: &str, extra: &str) -> anyhow::Result<Checker> {
+    let agent_port = agent_port(haproxy);
     let dir = tempfile::tempdir()?;
     let config = format!(
         "[backends]\nruntime_api = \"unix:{}\"\nnames = [\"{BACKEND}\"]\nrefresh = \"2s\"\n{extra}\n{targets}",
@@ -116,7 +140,7 @@ fn wait_all_up(h: &Haproxy, servers: &[&str]) {
 }
 
 fn front(h: &Haproxy) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, h.port(0)))
+    SocketAddr::from((Ipv4Addr::LOCALHOST, h.port(FRONT_PORT)))
 }
 
 /// The exit IP a client from `src` gets through HAProxy.
@@ -137,12 +161,8 @@ fn dead_tunnel_goes_down_via_agent_while_l4_check_passes_and_clients_move_and_re
     let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let f1 = FaultBackend::start(FaultMode::Forward)?;
-    let agent_port = free_port()?;
-    let h = Haproxy::start(&haproxy_config(
-        &[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())],
-        agent_port,
-    ))?;
-    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    let h = start_haproxy(&[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
+    let _c = start_checker(&h, &targets(&echo, &ca), "")?;
     wait_all_up(&h, &["t1", "t2", "f1"]);
 
     // f1's exit address is the harness's own (127.0.0.1); find clients hashed to it.
@@ -221,17 +241,13 @@ fn black_hole_and_refusing_backends_are_quarantined() -> anyhow::Result<()> {
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let hole = FaultBackend::start(FaultMode::Forward)?;
     let refuse = FaultBackend::start(FaultMode::Forward)?;
-    let agent_port = free_port()?;
-    let h = Haproxy::start(&haproxy_config(
-        &[
-            ("t1", t1.addr()),
-            ("t2", t2.addr()),
-            ("hole", hole.addr()),
-            ("refuse", refuse.addr()),
-        ],
-        agent_port,
-    ))?;
-    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    let h = start_haproxy(&[
+        ("t1", t1.addr()),
+        ("t2", t2.addr()),
+        ("hole", hole.addr()),
+        ("refuse", refuse.addr()),
+    ])?;
+    let _c = start_checker(&h, &targets(&echo, &ca), "")?;
     wait_all_up(&h, &["t1", "t2", "hole", "refuse"]);
 
     hole.set_mode(FaultMode::BlackHole)?;
@@ -241,7 +257,12 @@ fn black_hole_and_refusing_backends_are_quarantined() -> anyhow::Result<()> {
     let mut refuse_at = None;
     let mut refuse_check_at = None;
     let mut refuse_own_down_at = None;
-    while t.elapsed() < Duration::from_secs(12) && (hole_at.is_none() || refuse_at.is_none()) {
+    // 15 s: HAProxy's own check needs fall 3 x inter 2s (shipped) = 4 to 6 s after the refusal
+    // starts (the first failing check comes up to one inter later); the rest is margin for a loaded
+    // machine.
+    while t.elapsed() < Duration::from_secs(15)
+        && (hole_at.is_none() || refuse_at.is_none() || refuse_own_down_at.is_none())
+    {
         if hole_at.is_none() && status(&h, "hole") == "DOWN (agent)" {
             hole_at = Some(t.elapsed());
         }
@@ -252,11 +273,9 @@ fn black_hole_and_refusing_backends_are_quarantined() -> anyhow::Result<()> {
         if refuse_check_at.is_none() && field(&h, "refuse", "check_status") == "L4CON" {
             refuse_check_at = Some(t.elapsed());
         }
-        // HAProxy's own check (fall 3) marks it DOWN while the agent has not said down yet.
-        if refuse_own_down_at.is_none()
-            && status(&h, "refuse") == "DOWN"
-            && field(&h, "refuse", "agent_status") != "L7STS"
-        {
+        // HAProxy's own check (fall 3) marks it down by itself: its health reaches 0. The status
+        // column cannot show it once the agent has said down ("DOWN (agent)" takes precedence).
+        if refuse_own_down_at.is_none() && field(&h, "refuse", "check_health") == "0" {
             refuse_own_down_at = Some(t.elapsed());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -283,6 +302,12 @@ fn black_hole_and_refusing_backends_are_quarantined() -> anyhow::Result<()> {
         "refusing backend not quarantined by the agent: {:?}",
         row(&h, "refuse")
     );
+    // The second line of defence: HAProxy's own check alone takes a refusing backend down.
+    assert!(
+        refuse_check_at.is_some() && refuse_own_down_at.is_some(),
+        "HAProxy's own check did not take the refusing backend down: {:?}",
+        row(&h, "refuse")
+    );
     Ok(())
 }
 
@@ -293,16 +318,12 @@ fn guard_holds_when_every_target_is_unreachable_and_caps_at_half_the_pool() -> a
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let f1 = FaultBackend::start(FaultMode::Forward)?;
     let f2 = FaultBackend::start(FaultMode::Forward)?;
-    let agent_port = free_port()?;
-    let h = Haproxy::start(&haproxy_config(
-        &[
-            ("t1", t1.addr()),
-            ("t2", t2.addr()),
-            ("f1", f1.addr()),
-            ("f2", f2.addr()),
-        ],
-        agent_port,
-    ))?;
+    let h = start_haproxy(&[
+        ("t1", t1.addr()),
+        ("t2", t2.addr()),
+        ("f1", f1.addr()),
+        ("f2", f2.addr()),
+    ])?;
     // Every target is a closed port: every backend fails, and so does the checker's direct path.
     let dead = FaultBackend::start(FaultMode::Refuse)?;
     let dead_targets = format!(
@@ -310,7 +331,7 @@ fn guard_holds_when_every_target_is_unreachable_and_caps_at_half_the_pool() -> a
         dead.addr(),
         dead.addr()
     );
-    let mut c = start_checker(&h, agent_port, &dead_targets, "")?;
+    let mut c = start_checker(&h, &dead_targets, "")?;
     // Without the checker's verdict (unknown -> "no change"), HAProxy's own checks bring them UP.
     wait_all_up(&h, &["t1", "t2", "f1", "f2"]);
     std::thread::sleep(Duration::from_secs(5));
@@ -331,7 +352,6 @@ fn guard_holds_when_every_target_is_unreachable_and_caps_at_half_the_pool() -> a
     // Now a real outage of three of four backends: only two (50 %) may be quarantined.
     let mut c = start_checker(
         &h,
-        agent_port,
         &format!("[[targets]]\naddress = \"{}\"\n", echo.http_addr()),
         "",
     )?;
@@ -368,12 +388,8 @@ fn checker_death_leaves_haproxy_state_as_it_was() -> anyhow::Result<()> {
     let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let f1 = FaultBackend::start(FaultMode::Status(503))?;
-    let agent_port = free_port()?;
-    let h = Haproxy::start(&haproxy_config(
-        &[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())],
-        agent_port,
-    ))?;
-    let mut c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    let h = start_haproxy(&[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
+    let mut c = start_checker(&h, &targets(&echo, &ca), "")?;
     wait_all_up(&h, &["t1", "t2"]);
     assert!(
         wait_status(&h, "f1", "DOWN (agent)", Duration::from_secs(10)).is_some(),
@@ -388,7 +404,7 @@ fn checker_death_leaves_haproxy_state_as_it_was() -> anyhow::Result<()> {
     assert_eq!(status(&h, "t2"), "UP");
     // A restarted checker answers "no change" until it has probed, so the state holds across it too.
     f1.set_mode(FaultMode::Forward)?;
-    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
+    let _c = start_checker(&h, &targets(&echo, &ca), "")?;
     assert!(
         wait_status(&h, "f1", "UP", Duration::from_secs(10)).is_some(),
         "{:?}",
@@ -403,30 +419,36 @@ fn unknown_server_reply_changes_nothing_in_haproxy() -> anyhow::Result<()> {
     let (_ca_dir, ca) = write_ca(&echo)?;
     let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
-    let agent_port = free_port()?;
     // ghost's agent-send names a server the checker does not know.
-    let mut cfg = haproxy_config(&[("t1", t1.addr())], agent_port);
-    cfg.push_str(&format!(
-        "    server ghost {} agent-send \"nosuch/ghost\\n\"\n",
-        t2.addr()
-    ));
+    // ghost is in the Korea pool (`egress_kr`) of the shipped file, which this checker does not
+    // watch (`names = ["egress"]`): its agent-send "egress_kr/ghost" names a server it does not know.
+    let (cfg, _spoe) = shipped_config(&[("t1", t1.addr())], &[("ghost", t2.addr())])?;
     let h = Haproxy::start(&cfg)?;
-    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), "")?;
-    wait_all_up(&h, &["t1", "ghost"]);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(status(&h, "ghost"), "UP", "{:?}", row(&h, "ghost"));
-    // Forced down by the operator: the unknown-name reply must not bring it back up either.
-    h.cmd("set server egress/ghost agent down")?;
+    let _c = start_checker(&h, &targets(&echo, &ca), "")?;
+    wait_all_up(&h, &["t1"]);
+    let ghost = |h: &Haproxy| h.stat("egress_kr", "ghost").ok().flatten().unwrap_or_default();
+    let ghost_status = |h: &Haproxy| ghost(h).get("status").cloned().unwrap_or_default();
     assert!(
-        wait_status(&h, "ghost", "DOWN (agent)", Duration::from_secs(3)).is_some(),
-        "{:?}",
-        row(&h, "ghost")
+        wait_until(Duration::from_secs(10), || ghost_status(&h) == "UP"),
+        "ghost never UP: {:?}",
+        ghost(&h)
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(status(&h, "ghost"), "DOWN (agent)", "{:?}", row(&h, "ghost"));
+    assert_eq!(ghost_status(&h), "UP", "{:?}", ghost(&h));
+    // Forced down by the operator: the unknown-name reply must not bring it back up either.
+    h.cmd("set server egress_kr/ghost agent down")?;
     assert!(
-        field(&h, "ghost", "last_agt").contains("unknown-server")
-            || field(&h, "ghost", "agent_status") != "L7OK"
+        wait_until(Duration::from_secs(3), || ghost_status(&h) == "DOWN (agent)"),
+        "{:?}",
+        ghost(&h)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ghost_status(&h), "DOWN (agent)", "{:?}", ghost(&h));
+    let g = ghost(&h);
+    assert!(
+        g.get("last_agt").is_some_and(|l| l.contains("unknown-server"))
+            || g.get("agent_status").is_some_and(|s| s != "L7OK"),
+        "{g:?}"
     );
     Ok(())
 }
@@ -439,17 +461,19 @@ fn two_haproxies_send_a_quarantined_servers_clients_to_the_same_fallback() -> an
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let t3 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 4))?;
     let f1 = FaultBackend::start(FaultMode::Forward)?;
-    let agent_port = free_port()?;
     let servers = [
         ("t1", t1.addr()),
         ("t2", t2.addr()),
         ("t3", t3.addr()),
         ("f1", f1.addr()),
     ];
-    let a = Haproxy::start(&haproxy_config(&servers, agent_port))?;
-    let b = Haproxy::start(&haproxy_config(&servers, agent_port))?;
-    // One checker answers both instances (same agent-send names); its list comes from `a`.
-    let _c = start_checker(&a, agent_port, &targets(&echo, &ca), "")?;
+    let a = start_haproxy(&servers)?;
+    // One checker answers both instances (same agent-send names); its list comes from `a`: `b` is
+    // the same rendering with its agent port pinned to `a`'s.
+    let (config, _spoe) = shipped_config(&servers, &[])?;
+    let b =
+        Haproxy::start(&config.replace(&format!("{{{{PORT{AGENT_PORT}}}}}"), &agent_port(&a).to_string()))?;
+    let _c = start_checker(&a, &targets(&echo, &ca), "")?;
     wait_all_up(&a, &["t1", "t2", "t3", "f1"]);
     wait_all_up(&b, &["t1", "t2", "t3", "f1"]);
     f1.set_mode(FaultMode::Status(502))?;
@@ -474,17 +498,13 @@ fn exit_ip_leak_is_quarantined_with_its_reason() -> anyhow::Result<()> {
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     // A "proxy" that forwards from the node's own address: the tunnel is gone, traffic leaks.
     let leak = FaultBackend::start(FaultMode::Forward)?;
-    let agent_port = free_port()?;
-    let h = Haproxy::start(&haproxy_config(
-        &[("t1", t1.addr()), ("t2", t2.addr()), ("leak", leak.addr())],
-        agent_port,
-    ))?;
+    let h = start_haproxy(&[("t1", t1.addr()), ("t2", t2.addr()), ("leak", leak.addr())])?;
     let exit = format!(
         "[exit_ip]\naddress = \"{}\"\ntls = true\nserver_name = \"{}\"\ninterval = \"5s\"\n",
         echo.https_addr(),
         echo.server_name()
     );
-    let _c = start_checker(&h, agent_port, &targets(&echo, &ca), &exit)?;
+    let _c = start_checker(&h, &targets(&echo, &ca), &exit)?;
     assert!(
         wait_status(&h, "leak", "DOWN (agent)", Duration::from_secs(10)).is_some(),
         "{:?}",
