@@ -450,7 +450,9 @@ async fn never_ready_times_out_naming_what_is_missing() {
     let (url, cluster) = stand_in(Scenario::NeverReady).await;
     let k = executor(&url, Some("gluetun"));
     let e = k
-        .restart("egress", "g01", "de-fra-07", Duration::from_millis(1500))
+        // Long enough for a few polls on a loaded machine; the deadline may also cut a request short,
+        // and the error must still name what the last poll saw.
+        .restart("egress", "g01", "de-fra-07", Duration::from_secs(4))
         .await
         .unwrap_err();
     assert!(e.contains("egress/egress-g01 was not ready within"), "{e}");

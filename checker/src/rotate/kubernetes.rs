@@ -167,6 +167,8 @@ impl KubernetesExecutor {
         timeout: Duration,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // What the last poll saw, for the error when the deadline cuts a request short.
+        let mut last_state: Option<(String, String)> = None;
         let work = async {
             let (client, ns) = self.client().await?;
             let name = self.cfg.deployment_of(backend, server);
@@ -199,6 +201,7 @@ impl KubernetesExecutor {
                     Ok(Some(s)) => s,
                     Err(e) => e,
                 };
+                last_state = Some((format!("{ns}/{name}"), state.clone()));
                 if tokio::time::Instant::now() + self.cfg.poll_interval >= deadline {
                     return Err(format!(
                         "Deployment {ns}/{name} was not ready within {}: {state}",
@@ -208,9 +211,14 @@ impl KubernetesExecutor {
                 tokio::time::sleep(self.cfg.poll_interval).await;
             }
         };
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(r) => r,
-            Err(_) => Err(format!(
+        let result = tokio::time::timeout_at(deadline, work).await;
+        match (result, last_state) {
+            (Ok(r), _) => r,
+            (Err(_), Some((deployment, state))) => Err(format!(
+                "Deployment {deployment} was not ready within {}: {state}",
+                humantime::format_duration(timeout)
+            )),
+            (Err(_), None) => Err(format!(
                 "the Kubernetes API did not answer within {}",
                 humantime::format_duration(timeout)
             )),
