@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use crate::error::LedgerError;
-use crate::event::{Actor, Event, EventKind};
-use crate::store::{MAX_QUERY_ROWS, Store};
+use crate::event::Event;
+use crate::store::{EVENT_COLUMNS, EventRow, MAX_QUERY_ROWS, Store, events_from_rows};
 
 /// Deadline for each report query (connect and network included).
 const REPORT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,45 +25,6 @@ pub struct ReportEvents {
     pub truncated: bool,
 }
 
-type Row = (
-    Uuid,
-    DateTime<Utc>,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    serde_json::Value,
-);
-
-const COLUMNS: &str =
-    "id, at, backend, server, kind, actor, reason, host(old_ip) AS old_ip, host(new_ip) AS new_ip, detail";
-
-fn to_events(rows: Vec<Row>) -> Vec<Event> {
-    let mut out = Vec::with_capacity(rows.len());
-    for (id, at, backend, server, kind, actor, reason, old_ip, new_ip, detail) in rows {
-        // The CHECK constraints make these parse; a row that does not is skipped, not fatal.
-        let (Ok(kind), Ok(actor)) = (kind.parse::<EventKind>(), actor.parse::<Actor>()) else {
-            continue;
-        };
-        out.push(Event {
-            id,
-            at,
-            backend,
-            server,
-            kind,
-            actor,
-            reason,
-            old_ip: old_ip.and_then(|s| s.parse().ok()),
-            new_ip: new_ip.and_then(|s| s.parse().ok()),
-            detail,
-        });
-    }
-    out
-}
-
 async fn bounded<T>(fut: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, LedgerError> {
     match tokio::time::timeout(REPORT_QUERY_TIMEOUT, fut).await {
         Ok(r) => r.map_err(LedgerError::Query),
@@ -80,10 +40,11 @@ impl Store {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<ReportEvents, LedgerError> {
-        let in_window_sql =
-            format!("SELECT {COLUMNS} FROM events WHERE at >= $1 AND at <= $2 ORDER BY at, id LIMIT $3");
-        let rows: Vec<Row> = bounded(
-            sqlx::query_as::<_, Row>(&in_window_sql)
+        let in_window_sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE at >= $1 AND at <= $2 ORDER BY at, id LIMIT $3"
+        );
+        let rows: Vec<EventRow> = bounded(
+            sqlx::query_as::<_, EventRow>(&in_window_sql)
                 .bind(since)
                 .bind(until)
                 .bind(MAX_QUERY_ROWS + 1)
@@ -91,7 +52,7 @@ impl Store {
         )
         .await?;
         let truncated = rows.len() as i64 > MAX_QUERY_ROWS;
-        let mut in_window = to_events(rows);
+        let mut in_window = events_from_rows(rows);
         in_window.truncate(MAX_QUERY_ROWS as usize);
 
         // One backward probe of the (server, at) index per server and event group.
@@ -101,18 +62,18 @@ impl Store {
                  (ARRAY['quarantined', 'restored']),
                  (ARRAY['drain_started', 'drained', 'sessions_cut', 'rotated', 'rotation_failed']),
                  (ARRAY['rotated', 'exit_ip_changed', 'exit_ip_leak', 'exit_ip_observed'])) g(kinds),
-               LATERAL (SELECT {COLUMNS} FROM events
+               LATERAL (SELECT {EVENT_COLUMNS} FROM events
                         WHERE server = s.server AND backend = s.backend AND at < $1
                           AND kind = ANY(g.kinds)
                         ORDER BY at DESC, id DESC LIMIT 1) e"
         );
-        let rows: Vec<Row> = bounded(
-            sqlx::query_as::<_, Row>(&before_sql)
+        let rows: Vec<EventRow> = bounded(
+            sqlx::query_as::<_, EventRow>(&before_sql)
                 .bind(since)
                 .fetch_all(self.pool()),
         )
         .await?;
-        let mut before_window = to_events(rows);
+        let mut before_window = events_from_rows(rows);
         before_window.sort_by_key(|e| (e.at, e.id));
         before_window.dedup_by_key(|e| e.id);
         Ok(ReportEvents {

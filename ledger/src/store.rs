@@ -626,52 +626,63 @@ impl Store {
     /// The events of `server` since `since`, oldest first (at most [`MAX_QUERY_ROWS`]). An unknown server
     /// is an error, not an empty answer.
     pub async fn history(&self, server: &ServerRef, since: DateTime<Utc>) -> Result<Vec<Event>, LedgerError> {
-        type Row = (
-            Uuid,
-            DateTime<Utc>,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            serde_json::Value,
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE server = $2 AND ($1::text IS NULL OR backend = $1) AND at >= $3
+             ORDER BY at, id LIMIT $4"
         );
-        let q = sqlx::query_as::<_, Row>(
-            "SELECT id, at, backend, server, kind, actor, reason, host(old_ip), host(new_ip), detail
-             FROM events WHERE server = $2 AND ($1::text IS NULL OR backend = $1) AND at >= $3
-             ORDER BY at, id LIMIT $4",
-        )
-        .bind(server.backend.as_deref())
-        .bind(&server.server)
-        .bind(since)
-        .bind(MAX_QUERY_ROWS);
+        let q = sqlx::query_as::<_, EventRow>(&sql)
+            .bind(server.backend.as_deref())
+            .bind(&server.server)
+            .bind(since)
+            .bind(MAX_QUERY_ROWS);
         let rows = self.bounded(q.fetch_all(&self.pool)).await?;
         if rows.is_empty() && !self.known_server(server).await? {
             return Err(LedgerError::UnknownServer(server.to_string()));
         }
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, at, backend, server, kind, actor, reason, old_ip, new_ip, detail) in rows {
-            // The CHECK constraints make these parse; a row that does not is skipped, not fatal.
-            let (Ok(kind), Ok(actor)) = (kind.parse::<EventKind>(), actor.parse::<Actor>()) else {
-                continue;
-            };
-            out.push(Event {
-                id,
-                at,
-                backend,
-                server,
-                kind,
-                actor,
-                reason,
-                old_ip: old_ip.and_then(|s| s.parse().ok()),
-                new_ip: new_ip.and_then(|s| s.parse().ok()),
-                detail,
-            });
-        }
-        Ok(out)
+        Ok(events_from_rows(rows))
     }
+}
+
+/// One `events` row as the event queries select it ([`EVENT_COLUMNS`]).
+pub(crate) type EventRow = (
+    Uuid,
+    DateTime<Utc>,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    serde_json::Value,
+);
+
+/// The select list that [`EventRow`] reads.
+pub(crate) const EVENT_COLUMNS: &str =
+    "id, at, backend, server, kind, actor, reason, host(old_ip) AS old_ip, host(new_ip) AS new_ip, detail";
+
+/// Rows into events. The CHECK constraints make kind and actor parse; a row that does not is
+/// skipped, not fatal.
+pub(crate) fn events_from_rows(rows: Vec<EventRow>) -> Vec<Event> {
+    rows.into_iter()
+        .filter_map(
+            |(id, at, backend, server, kind, actor, reason, old_ip, new_ip, detail)| {
+                Some(Event {
+                    id,
+                    at,
+                    backend,
+                    server,
+                    kind: kind.parse::<EventKind>().ok()?,
+                    actor: actor.parse::<Actor>().ok()?,
+                    reason,
+                    old_ip: old_ip.and_then(|s| s.parse().ok()),
+                    new_ip: new_ip.and_then(|s| s.parse().ok()),
+                    detail,
+                })
+            },
+        )
+        .collect()
 }
 
 /// The `who --ip` statement: $1 ip (text), $2 range start, $3 range end, $4 max window (interval text),

@@ -26,3 +26,20 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     );
     Ok(path)
 }
+
+/// Runs `egress-checker <args>` to completion against the ledger at `database_url`, with the hash
+/// key `key_hex`, and returns its stdout; an unsuccessful exit is an error carrying its stderr.
+pub fn checker_cli(database_url: &str, key_hex: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(bin_path("egress-checker")?)
+        .args(args)
+        .env("EGRESS_DATABASE_URL", database_url)
+        .env("EGRESS_HASH_KEY", key_hex)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "egress-checker {args:?} exited {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}

@@ -306,18 +306,7 @@ impl LocalStack {
 
     /// Runs `egress-checker <args>` against the stack's ledger and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(bin_path("egress-checker")?)
-            .args(args)
-            .env("EGRESS_DATABASE_URL", self.pg.url())
-            .env("EGRESS_HASH_KEY", KEY_HEX)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "egress-checker {args:?} exited {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
+        crate::bins::checker_cli(self.pg.url(), KEY_HEX, args)
     }
 
     /// Every process the stack started: (name, pid).

@@ -30,18 +30,7 @@ const BACKEND: &str = "egress";
 
 /// Run `egress-checker <args>` to completion and return its stdout; fail with stderr otherwise.
 fn cli(db: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(bin_path("egress-checker")?)
-        .args(args)
-        .env("EGRESS_DATABASE_URL", db)
-        .env("EGRESS_HASH_KEY", KEY_HEX)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "egress-checker {args:?} exited {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    egress_e2e::bins::checker_cli(db, KEY_HEX, args)
 }
 
 fn json_rows(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
