@@ -1,17 +1,17 @@
 //! Attribution: who (client hash) went out through which backend/server and exit IP, per minute.
 //!
-//! Connections hand records over in batches (one channel operation per read batch, not per
-//! message) through a bounded channel; a full queue is a counted drop, never back-pressure on
-//! HAProxy. A single task owns the [`Aggregator`] and periodically hands *closed* minute windows to an
-//! [`AttributionSink`]; the ledger writer implements that trait.
+//! Connections hand records over in batches (one lock per read batch, not per message) to a bounded
+//! queue; a full queue is a counted drop, never back-pressure on HAProxy. A single task owns the
+//! [`Aggregator`]: it takes the whole queue when it is a quarter full and on every flush tick, so a
+//! busy agent does not wake it once per read batch. On each tick it hands *closed* minute windows
+//! to an [`AttributionSink`]; the ledger writer implements that trait.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use egress_common::client_hash::ClientHash;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::fasthash::FxHashMap;
@@ -228,31 +228,49 @@ impl Aggregator {
     }
 }
 
+#[derive(Debug)]
+struct Queue {
+    records: Mutex<Vec<AttributionRecord>>,
+    capacity: usize,
+    /// Queue length at which the aggregator is woken early.
+    wake_at: usize,
+    ready: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Vec<AttributionRecord>> {
+        // A panic while holding this lock leaves a Vec of plain records: still consistent.
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The connections' end of the queue. Cloned into every connection.
 #[derive(Clone, Debug)]
 pub struct AttributionSender {
-    tx: mpsc::Sender<Vec<AttributionRecord>>,
-    queued: Arc<AtomicUsize>,
-    capacity: usize,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 }
 
 impl AttributionSender {
-    /// Hand over a batch; if the queue (counted in records) is full, drop it and count the drop.
-    pub fn send_batch(&self, batch: Vec<AttributionRecord>) {
+    /// Move every record of `batch` into the queue (leaving `batch` empty, its capacity kept); if
+    /// they do not all fit, drop the batch and count the drop.
+    pub fn send_batch(&self, batch: &mut Vec<AttributionRecord>) {
         let n = batch.len();
         if n == 0 {
             return;
         }
-        let before = self.queued.fetch_add(n, Ordering::Relaxed);
-        if before + n > self.capacity {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+        let mut q = self.queue.lock();
+        let before = q.len();
+        if before + n > self.queue.capacity {
+            drop(q);
+            batch.clear();
             self.metrics.attribution_dropped.inc_by(n as u64);
             return;
         }
-        if self.tx.try_send(batch).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            self.metrics.attribution_dropped.inc_by(n as u64);
+        q.append(batch);
+        drop(q);
+        if before < self.queue.wake_at && before + n >= self.queue.wake_at {
+            self.queue.ready.notify_one();
         }
     }
 }
@@ -260,37 +278,57 @@ impl AttributionSender {
 /// The aggregation task's end of the queue.
 #[derive(Debug)]
 pub struct AttributionReceiver {
-    rx: mpsc::Receiver<Vec<AttributionRecord>>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+    /// The buffer swapped in for the queue on every take (no allocation once warm).
+    spare: Vec<AttributionRecord>,
 }
 
 impl AttributionReceiver {
-    /// Take every queued batch without waiting (the fuzz harness drains after each input, so
-    /// nothing it allocated outlives the input). Returns the records taken.
-    pub fn drain_now(&mut self) -> usize {
-        let mut n = 0;
-        while let Ok(batch) = self.rx.try_recv() {
-            self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-            n += batch.len();
+    /// Take every queued record into `agg`; returns whether it reached its key cap.
+    fn take_into(&mut self, agg: &mut Aggregator) -> bool {
+        let mut taken = std::mem::take(&mut self.spare);
+        std::mem::swap(&mut *self.queue.lock(), &mut taken);
+        let mut full = false;
+        for r in taken.drain(..) {
+            full |= agg.record(r);
         }
+        self.spare = taken;
+        full
+    }
+
+    /// Records waiting in the queue.
+    fn depth(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    /// Discard every queued record without waiting (the fuzz harness drains after each input, so
+    /// nothing it allocated outlives the input). Returns the records discarded.
+    pub fn drain_now(&mut self) -> usize {
+        let mut q = self.queue.lock();
+        let n = q.len();
+        q.clear();
         n
     }
 }
 
-/// A queue holding at most `capacity` records (in batches).
+/// A queue holding at most `capacity` records.
 pub fn channel(capacity: usize, metrics: Arc<Metrics>) -> (AttributionSender, AttributionReceiver) {
     let capacity = capacity.max(1);
-    // Batches are at most one read's worth of NOTIFYs; the record counter is the real bound.
-    let (tx, rx) = mpsc::channel(capacity.clamp(16, 1 << 16));
-    let queued = Arc::new(AtomicUsize::new(0));
+    let queue = Arc::new(Queue {
+        records: Mutex::new(Vec::new()),
+        capacity,
+        wake_at: (capacity / 4).max(1),
+        ready: Notify::new(),
+    });
     (
         AttributionSender {
-            tx,
-            queued: queued.clone(),
-            capacity,
+            queue: queue.clone(),
             metrics,
         },
-        AttributionReceiver { rx, queued },
+        AttributionReceiver {
+            queue,
+            spare: Vec::new(),
+        },
     )
 }
 
@@ -315,7 +353,6 @@ pub async fn run_aggregator(
     let mut agg = Aggregator::new(cfg.max_keys);
     let mut tick = tokio::time::interval(cfg.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batches = Vec::with_capacity(64);
     let submit = |rows: Vec<AttributionRow>| {
         if !rows.is_empty() {
             metrics.attribution_rows.inc_by(rows.len() as u64);
@@ -324,36 +361,25 @@ pub async fn run_aggregator(
     };
     loop {
         tokio::select! {
-            n = rx.rx.recv_many(&mut batches, 64) => {
-                if n == 0 {
-                    break; // every sender dropped
-                }
-                let mut full = false;
-                for batch in batches.drain(..) {
-                    rx.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-                    for r in batch {
-                        full |= agg.record(r);
-                    }
-                }
-                if full {
+            () = rx.queue.ready.notified() => {
+                if rx.take_into(&mut agg) {
                     tracing::warn!(keys = agg.len(), "attribution key cap reached; flushing early");
                     submit(agg.take_all());
                 }
             }
             _ = tick.tick() => {
-                metrics.attribution_queue_depth.set(rx.queued.load(Ordering::Relaxed) as i64);
+                metrics.attribution_queue_depth.set(rx.depth() as i64);
+                if rx.take_into(&mut agg) {
+                    tracing::warn!(keys = agg.len(), "attribution key cap reached; flushing early");
+                    submit(agg.take_all());
+                }
                 submit(agg.take_closed(SystemTime::now()));
             }
             _ = stop.cancelled() => break,
         }
     }
     // Whatever is still queued is part of the final flush.
-    while let Ok(batch) = rx.rx.try_recv() {
-        rx.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        for r in batch {
-            agg.record(r);
-        }
-    }
+    rx.take_into(&mut agg);
     metrics.attribution_queue_depth.set(0);
     submit(agg.take_all());
 }
@@ -422,8 +448,8 @@ mod tests {
         let (tx, rx) = channel(10, metrics.clone());
         let s: Arc<str> = Arc::from("s");
         let now = SystemTime::now();
-        tx.send_batch((0..8).map(|i| rec(i % 2, &s, now)).collect());
-        tx.send_batch((0..8).map(|_| rec(5, &s, now)).collect()); // 16 > 10: dropped
+        tx.send_batch(&mut (0..8).map(|i| rec(i % 2, &s, now)).collect());
+        tx.send_batch(&mut (0..8).map(|_| rec(5, &s, now)).collect()); // 16 > 10: dropped
         assert_eq!(metrics.attribution_dropped.get(), 8);
 
         let sink = Arc::new(Collect::default());
@@ -440,7 +466,7 @@ mod tests {
             metrics.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        tx.send_batch(vec![rec(7, &s, now)]);
+        tx.send_batch(&mut vec![rec(7, &s, now)]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)

@@ -56,6 +56,10 @@ pub struct Session {
     ours_max: u32,
     handler: ConnHandler,
     metrics: Arc<Metrics>,
+    /// NOTIFY handling times, observed locally and flushed to the shared histogram once per batch.
+    notify_seconds: prometheus::local::LocalHistogram,
+    /// ACKs written in the current batch.
+    acks: u64,
 }
 
 impl Session {
@@ -67,7 +71,9 @@ impl Session {
             codec: SpopCodec::new(max_frame_size),
             ours_max: max_frame_size,
             handler: ConnHandler::new(agent),
+            notify_seconds: metrics.notify_seconds.local(),
             metrics,
+            acks: 0,
         }
     }
 
@@ -107,8 +113,7 @@ impl Session {
                     if is_notify {
                         notifies += 1;
                         let now = Instant::now();
-                        self.metrics
-                            .notify_seconds
+                        self.notify_seconds
                             .observe(now.duration_since(mark).as_secs_f64());
                         mark = now;
                     } else {
@@ -128,6 +133,11 @@ impl Session {
         self.handler.end_batch();
         if notifies > 0 {
             self.metrics.notify_received.inc_by(notifies);
+            self.notify_seconds.flush();
+        }
+        if self.acks > 0 {
+            self.metrics.ack_sent.inc_by(self.acks);
+            self.acks = 0;
         }
         step
     }
@@ -227,7 +237,7 @@ impl Session {
                 return self.close(Status::RESOURCE, out);
             }
         }
-        self.metrics.ack_sent.inc();
+        self.acks += 1;
     }
 }
 
@@ -295,12 +305,21 @@ pub async fn serve_connection<S>(
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let hello_deadline = tokio::time::Instant::now() + cfg.hello_timeout;
     let mut draining = false;
-    let mut drain_deadline = tokio::time::Instant::now();
+    let mut drain_deadline = hello_deadline;
     let mut partial_since: Option<tokio::time::Instant> = None;
+    let mut last_read = tokio::time::Instant::now();
+    let mut got_input = false;
     // Created once: a fresh `cancelled()` per read would register and unregister a waiter on the
     // token (two lock round-trips) for every read batch.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
+    // One timer per connection, moved only when it fires or when a deadline comes *earlier* than it
+    // (a drain, a short configured timeout): a fresh timer per read would take the timer driver's
+    // lock twice per read batch. When re-armed it never sleeps more than `recheck` ahead, so a frame
+    // that starts arriving later is always checked in time without moving the timer.
+    let recheck = cfg.frame_timeout.min(cfg.idle_timeout);
+    let timer = tokio::time::sleep_until(hello_deadline);
+    tokio::pin!(timer);
     loop {
         let step = session.process(&mut rbuf, &mut wbuf, cfg.max_inflight.max(1));
         if !wbuf.is_empty() {
@@ -328,32 +347,50 @@ pub async fn serve_connection<S>(
             rbuf.reserve(READ_CHUNK);
         }
         let now = tokio::time::Instant::now();
+        if got_input {
+            // Quiet time counts from the end of handling the last read.
+            last_read = now;
+            got_input = false;
+        }
         // Bytes left over after processing are the start of an incomplete frame.
         partial_since = if rbuf.is_empty() {
             None
         } else {
             partial_since.or(Some(now))
         };
-        let deadline = match session.state() {
+        // When the connection is due to be closed, as of now.
+        let due = |state: State, draining: bool, partial_since: Option<tokio::time::Instant>| match state {
             State::AwaitHello => hello_deadline,
-            _ if draining => (now + cfg.drain_quiet).min(drain_deadline),
+            _ if draining => (last_read + cfg.drain_quiet).min(drain_deadline),
             _ => {
-                let idle = now + cfg.idle_timeout;
+                let idle = last_read + cfg.idle_timeout;
                 partial_since.map_or(idle, |t| idle.min(t + cfg.frame_timeout))
             }
         };
+        let deadline = due(session.state(), draining, partial_since);
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
-            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut rbuf)) => match r {
-                Ok(Ok(0)) => return, // EOF: a normal close (3.x may just close idle connections)
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
+            biased;
+            r = stream.read_buf(&mut rbuf) => match r {
+                Ok(0) => return, // EOF: a normal close (3.x may just close idle connections)
+                Ok(_) => got_input = true,
+                Err(error) => {
                     if !is_reset(&error) {
                         metrics.io_errors.inc();
                         tracing::debug!(%error, "SPOP read failed");
                     }
                     return;
                 }
-                Err(_) => {
+            },
+            () = &mut timer => {
+                let now = tokio::time::Instant::now();
+                let deadline = due(session.state(), draining, partial_since);
+                if now < deadline {
+                    // Not due yet (reads moved the deadline since the timer was armed).
+                    timer.as_mut().reset(deadline.min(now + recheck));
+                } else {
                     let status = if draining { Status::NORMAL } else { Status::TIMEOUT };
                     if session.state() == State::AwaitHello {
                         tracing::debug!("no HAPROXY-HELLO before the deadline");

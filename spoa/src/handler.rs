@@ -122,6 +122,8 @@ pub struct ConnHandler {
     exit_ips: CachedExitIps,
     batch: Vec<AttributionRecord>,
     now: SystemTime,
+    /// `egress-attribution` messages answered in the current batch (one counter update per batch).
+    attributions: u64,
 }
 
 /// The arguments the handlers use, gathered in one pass over the message.
@@ -221,6 +223,7 @@ impl ConnHandler {
             exit_ips,
             batch: Vec::new(),
             now: SystemTime::now(),
+            attributions: 0,
         }
     }
 
@@ -234,10 +237,10 @@ impl ConnHandler {
 
     /// Called after a batch: hand the attribution records over in one channel operation.
     pub fn end_batch(&mut self) {
-        if !self.batch.is_empty() {
-            let cap = self.batch.capacity();
-            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(cap));
-            self.agent.attribution.send_batch(batch);
+        self.agent.attribution.send_batch(&mut self.batch);
+        if self.attributions > 0 {
+            self.agent.metrics.msg_attribution.inc_by(self.attributions);
+            self.attributions = 0;
         }
     }
 
@@ -298,7 +301,7 @@ impl ConnHandler {
             exit_ip: route.exit_ip,
             at: self.now,
         });
-        self.agent.metrics.msg_attribution.inc();
+        self.attributions += 1;
     }
 
     fn bad_args(&self, ack: &mut AckWriter<'_>) {

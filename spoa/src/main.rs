@@ -104,7 +104,9 @@ struct Cli {
     /// How often the exit-IP map is reloaded.
     #[arg(long, env = "EGRESS_SPOA_EXIT_IPS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
     exit_ips_refresh: Duration,
-    /// Runtime worker threads (default: the CPUs this process may run on).
+    /// Runtime worker threads (default: the CPUs this process may run on). 1 runs everything on
+    /// one thread (tokio's current-thread scheduler): the cheapest per message when the agent is
+    /// pinned to one core.
     #[arg(long, env = "EGRESS_SPOA_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// Log format.
@@ -205,10 +207,17 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init(cli.log_format, &cli.log);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.worker_threads {
-        rt.worker_threads(n);
-    }
+    // One worker: the current-thread scheduler (no work-stealing queues, no cross-thread wake-ups);
+    // the same code runs on either.
+    let mut rt = match cli.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
