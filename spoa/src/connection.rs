@@ -400,7 +400,10 @@ pub async fn serve_connection<S>(
             },
             _ = &mut cancelled, if !draining => {
                 draining = true;
-                drain_deadline = tokio::time::Instant::now() + cfg.drain_max;
+                let now = tokio::time::Instant::now();
+                drain_deadline = now + cfg.drain_max;
+                // The quiet period starts no earlier than the drain.
+                last_read = now;
                 if session.state() == State::AwaitHello {
                     session.close(Status::NORMAL, &mut wbuf);
                 }
