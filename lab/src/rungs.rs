@@ -108,8 +108,9 @@ listen {BACKEND}
     # \"option redispatch <interval>\": 1 = every retry goes to another server, not the failed one.
     option redispatch 1
     # \"retry-on\": conn-failure empty-response response-timeout 502 503 504 (\"only valid when mode is
-    # http\"). Measured by this lab: for a CONNECT, HAProxy 2.6 retries only conn-failure; after a 503,
-    # 504 or response-timeout the client gets the error and wretr/wredis stay 0 (docs/lab.md).
+    # http\"). For a CONNECT only conn-failure can apply: HAProxy clears the L7-retry flag before the
+    # first send unless the request is complete (HTTP_MSG_DONE), and a CONNECT is a tunnel (src/stconn.c
+    # sc_conn_send); after a 503, 504 or response-timeout the client gets the error (docs/lab.md).
     retry-on conn-failure empty-response response-timeout 502 503 504
     # \"observe layer7\": responses from the server are verified (valid codes 100-499, 501, 505), as are
     # connection errors and timeouts; \"error-limit 1\" + \"on-error mark-down\": the first error marks
@@ -120,7 +121,7 @@ listen {BACKEND}
             );
             let agent = if rung.has_checker() {
                 format!(
-                    " weight 100 agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 200ms"
+                    " weight 100 agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter {AGENT_INTER_MS}ms"
                 )
             } else {
                 String::new()
@@ -141,6 +142,23 @@ listen {BACKEND}
     cfg
 }
 
+/// How often HAProxy asks the checker's agent (`agent-inter`, any value >= 1 ms is accepted). One
+/// agent reply `down` sets the server's agent health to 0 at once, so this bounds the delay between
+/// the checker's quarantine and HAProxy acting on it. 100 ms keeps that delay below the `rise 2` x
+/// `fastinter 250ms` after which HAProxy's own TCP check would bring an observe-marked server back.
+pub const AGENT_INTER_MS: u64 = 100;
+
+/// The checker's probe interval per server (the lab's `[probe] interval`).
+pub const PROBE_INTERVAL_MS: u64 = 100;
+
+/// The probe's CONNECT answer deadline (`[probe] response_timeout`): a black hole is detected after
+/// `QUARANTINE_AFTER` of these. Healthy probe durations under the lab's load are measured on every
+/// checker run (`probe_warm` in results.json, docs/lab.md): this is well above them.
+pub const PROBE_RESPONSE_TIMEOUT_MS: u64 = 200;
+
+/// Consecutive probe failures before the checker quarantines (`[decision] quarantine_after`).
+pub const QUARANTINE_AFTER: u32 = 2;
+
 /// The egress-checker config for rungs (c)/(d): probes through every server of [`BACKEND`] (read from
 /// the runtime API) to `probe_target`; `ramp` is zero for (c) (full weight at once).
 pub fn checker_config(runtime_socket: &std::path::Path, probe_target: SocketAddr, ramp: Duration) -> String {
@@ -151,16 +169,16 @@ names = [\"{BACKEND}\"]
 refresh = \"1s\"
 
 [probe]
-interval = \"200ms\"
+interval = \"{PROBE_INTERVAL_MS}ms\"
 jitter = 0.1
 connect_timeout = \"500ms\"
-response_timeout = \"400ms\"
+response_timeout = \"{PROBE_RESPONSE_TIMEOUT_MS}ms\"
 
 [[targets]]
 address = \"{probe_target}\"
 
 [decision]
-quarantine_after = 3
+quarantine_after = {QUARANTINE_AFTER}
 restore_after = 2
 ramp = \"{ramp}ms\"
 ramp_start_percent = 10

@@ -140,6 +140,29 @@ impl Plan {
     }
 }
 
+/// The egress-checker's probes from its start to the fault injection, while every backend is healthy
+/// and carries the lab's load: `egress_checker_probe_duration_seconds` and `egress_checker_probes_total`
+/// scraped from its /metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeWarm {
+    /// Probes that completed.
+    pub probes: u64,
+    /// Of which failed (any class, counted or not).
+    pub failed: u64,
+    /// Cumulative histogram: (upper bound in ms, probes at or below it).
+    pub buckets_ms: Vec<(f64, u64)>,
+}
+
+impl ProbeWarm {
+    /// Probes slower than `ms` (needs `ms` to be a bucket bound), or None.
+    pub fn slower_than(&self, ms: f64) -> Option<u64> {
+        self.buckets_ms
+            .iter()
+            .find(|(le, _)| (*le - ms).abs() < 1e-6)
+            .map(|(_, n)| self.probes.saturating_sub(*n))
+    }
+}
+
 /// One plot bucket.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Bucket {
@@ -175,6 +198,14 @@ pub struct RunResult {
     pub passive_downs: u64,
     pub agent_downs: u64,
     pub check_downs: u64,
+    /// DOWN transitions of the *healthy* servers (not the victim) over the whole run, any cause:
+    /// a false quarantine or mark-down shows here.
+    pub bystander_downs: u64,
+    /// Of which by the egress-checker's agent (a probe that failed a healthy backend).
+    pub bystander_agent_downs: u64,
+    /// The checker's probe durations up to the fault (every backend healthy, under the load), from
+    /// its own histogram: rungs (c)/(d) only.
+    pub probe_warm: Option<ProbeWarm>,
     /// p99 of all requests scheduled in the first `after` window after the restore, ms.
     pub restore_p99_ms: Option<f64>,
     /// p99 of those the victim carried, and how many it carried.
@@ -237,7 +268,7 @@ pub fn run(
         .collect();
     let agent_port = free_port()?;
     let haproxy = Haproxy::start(&rungs::haproxy_config(rung, &servers, agent_port))?;
-    let _checker = if rung.has_checker() {
+    let checker = if rung.has_checker() {
         let ramp = if rung == Rung::D {
             plan.after
         } else {
@@ -304,6 +335,7 @@ pub fn run(
 
     sleep_until(start, fault_at);
     let log_mark = haproxy.logs().len();
+    let probe_warm = checker.as_ref().and_then(|c| scrape_probes(c.metrics_port));
     let mut rotation_ms = None;
     match fault {
         Fault::Crash => proxies[0].kill(),
@@ -378,6 +410,16 @@ pub fn run(
         }
     };
     let count = |c: &str| downs.iter().filter(|l| cause(l) == c).count() as u64;
+    // Healthy servers: any DOWN of theirs over the whole run (warm-up included).
+    let bystanders: Vec<&str> = logs
+        .lines()
+        .filter(|l| {
+            !l.starts_with('[')
+                && l.starts_with(&format!("Server {BACKEND}/"))
+                && l.contains(" is DOWN")
+                && !l.starts_with(&format!("Server {BACKEND}/{VICTIM} "))
+        })
+        .collect();
     let detected_by = downs
         .first()
         .map_or_else(|| "-".to_owned(), |l| cause(l).to_owned());
@@ -396,6 +438,9 @@ pub fn run(
             passive_downs: count(PASSIVE),
             agent_downs: count(ACTIVE_AGENT),
             check_downs: count(ACTIVE_CHECK),
+            bystander_downs: bystanders.len() as u64,
+            bystander_agent_downs: bystanders.iter().filter(|l| cause(l) == ACTIVE_AGENT).count() as u64,
+            probe_warm,
             rotation_ms,
         },
     ))
@@ -408,6 +453,9 @@ struct RunExtras {
     passive_downs: u64,
     agent_downs: u64,
     check_downs: u64,
+    bystander_downs: u64,
+    bystander_agent_downs: u64,
+    probe_warm: Option<ProbeWarm>,
     rotation_ms: Option<f64>,
 }
 
@@ -468,6 +516,9 @@ fn summarize(
         passive_downs: x.passive_downs,
         agent_downs: x.agent_downs,
         check_downs: x.check_downs,
+        bystander_downs: x.bystander_downs,
+        bystander_agent_downs: x.bystander_agent_downs,
+        probe_warm: x.probe_warm,
         restore_p99_ms: restore_at.and_then(|_| p(&mut samples.iter().filter(window), 0.99)),
         victim_restore_p99_ms: restore_at.and_then(|_| {
             p(
@@ -542,6 +593,7 @@ fn start_checker(
         &path,
         rungs::checker_config(h.runtime_socket(), probe_target, ramp),
     )?;
+    let metrics_port = free_port()?;
     let mut cmd = Command::new(bin_path("egress-checker")?);
     cmd.arg("--config")
         .arg(&path)
@@ -551,11 +603,12 @@ fn start_checker(
         .arg("--agent-listen")
         .arg(format!("127.0.0.1:{agent_port}"))
         .arg("--metrics-listen")
-        .arg(format!("127.0.0.1:{}", free_port()?));
+        .arg(format!("127.0.0.1:{metrics_port}"));
     let child = ChildSpec::new("egress-checker", cmd).spawn()?;
     Ok(Checker {
         _child: child,
         _dir: dir,
+        metrics_port,
     })
 }
 
@@ -563,6 +616,43 @@ fn start_checker(
 struct Checker {
     _child: ManagedChild,
     _dir: tempfile::TempDir,
+    metrics_port: u16,
+}
+
+/// The checker's probe counters so far, from its /metrics (None if it cannot be read: the report
+/// then shows no probe figures for the run, nothing else changes).
+fn scrape_probes(port: u16) -> Option<ProbeWarm> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.take(4 << 20).read_to_string(&mut text).ok()?;
+    parse_probes(&text)
+}
+
+fn parse_probes(text: &str) -> Option<ProbeWarm> {
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let mut buckets_ms = Vec::new();
+    let (mut probes, mut failed) = (None, 0u64);
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("egress_checker_probe_duration_seconds_bucket{le=\"") {
+            let le = rest.split('"').next()?;
+            if le != "+Inf" {
+                buckets_ms.push((le.parse::<f64>().ok()? * 1e3, value(l)? as u64));
+            }
+        } else if l.starts_with("egress_checker_probe_duration_seconds_count") {
+            probes = Some(value(l)? as u64);
+        } else if l.starts_with("egress_checker_probes_total{") && !l.contains("result=\"ok\"") {
+            failed += value(l)? as u64;
+        }
+    }
+    Some(ProbeWarm {
+        probes: probes?,
+        failed,
+        buckets_ms,
+    })
 }
 
 fn server_row(h: &Haproxy, server: &str) -> Option<(String, u64)> {
@@ -596,4 +686,30 @@ fn backend_retries(h: &Haproxy) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_counters_are_read_from_the_checker_metrics() {
+        let text = "HTTP/1.0 200 OK\r\n\r\n\
+# TYPE egress_checker_probe_duration_seconds histogram
+egress_checker_probe_duration_seconds_bucket{le=\"0.05\"} 70
+egress_checker_probe_duration_seconds_bucket{le=\"0.1\"} 78
+egress_checker_probe_duration_seconds_bucket{le=\"+Inf\"} 80
+egress_checker_probe_duration_seconds_sum 1.5
+egress_checker_probe_duration_seconds_count 80
+egress_checker_probes_total{result=\"ok\",verdict=\"counted\"} 77
+egress_checker_probes_total{result=\"response-timeout\",verdict=\"counted\"} 2
+egress_checker_probes_total{result=\"status\",verdict=\"excused\"} 1
+";
+        let p = parse_probes(text).expect("parsed");
+        assert_eq!((p.probes, p.failed), (80, 3));
+        assert_eq!(p.buckets_ms, vec![(50.0, 70), (100.0, 78)]);
+        assert_eq!(p.slower_than(50.0), Some(10));
+        assert_eq!(p.slower_than(250.0), None);
+        assert!(parse_probes("HTTP/1.0 200 OK\r\n\r\n").is_none());
+    }
 }

@@ -45,9 +45,10 @@ fn quick_lab_meets_the_headline_figures() -> anyhow::Result<()> {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json"))?)?;
     let checks = json["checks"].as_array().cloned().unwrap_or_default();
-    assert_eq!(checks.len(), 7, "{json}");
+    assert_eq!(checks.len(), 8, "{json}");
     // The asserted checks gate the exit code (checked above); here also in the JSON. The error/retry
-    // targets are reported (not met today: HAProxy 2.6 does not retry a CONNECT, docs/lab.md).
+    // targets and the false-quarantine count are reported only: HAProxy cannot replay a CONNECT,
+    // which puts a floor under the crash and black-hole error rates (docs/lab.md).
     let asserted: Vec<_> = checks.iter().filter(|c| c["asserted"] == true).collect();
     assert_eq!(asserted.len(), 4, "{checks:?}");
     assert!(asserted.iter().all(|c| c["met"] == true), "{checks:?}");
