@@ -7,7 +7,9 @@
 //! handlers produce; SPOP with `pipelining` allows any order, always echoing (stream-id, frame-id).
 //! `max_inflight` bounds how many NOTIFYs are answered before the ACKs are flushed.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -289,6 +291,37 @@ fn is_reset(e: &std::io::Error) -> bool {
     )
 }
 
+/// Write all of `buf` within `timeout`: `Err(None)` on timeout. The socket buffer almost always has
+/// room, so the write is first tried without a timer; only a write that would block arms one.
+async fn write_frames<S>(stream: &mut S, buf: &[u8], timeout: Duration) -> Result<(), Option<std::io::Error>>
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut written = 0;
+    while written < buf.len() {
+        let attempt = std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut *stream).poll_write(cx, &buf[written..]) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        match attempt {
+            Some(Ok(0)) => return Err(Some(std::io::ErrorKind::WriteZero.into())),
+            Some(Ok(n)) => written += n,
+            Some(Err(error)) => return Err(Some(error)),
+            None => break,
+        }
+    }
+    if written < buf.len() {
+        return match tokio::time::timeout(timeout, stream.write_all(&buf[written..])).await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(None),
+        };
+    }
+    Ok(())
+}
+
 /// Serve one SPOP connection until it closes. After `shutdown`, the in-flight NOTIFYs are still
 /// answered; the connection ends with AGENT-DISCONNECT (status 0) once it has gone quiet.
 pub async fn serve_connection<S>(
@@ -323,17 +356,17 @@ pub async fn serve_connection<S>(
     loop {
         let step = session.process(&mut rbuf, &mut wbuf, cfg.max_inflight.max(1));
         if !wbuf.is_empty() {
-            match tokio::time::timeout(cfg.write_timeout, stream.write_all(&wbuf)).await {
-                Ok(Ok(())) => wbuf.clear(),
-                Ok(Err(error)) => {
+            match write_frames(&mut stream, &wbuf, cfg.write_timeout).await {
+                Ok(()) => wbuf.clear(),
+                Err(None) => {
+                    tracing::debug!("SPOP write timed out");
+                    return;
+                }
+                Err(Some(error)) => {
                     if !is_reset(&error) {
                         metrics.io_errors.inc();
                         tracing::debug!(%error, "SPOP write failed");
                     }
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("SPOP write timed out");
                     return;
                 }
             }
@@ -411,4 +444,49 @@ pub async fn serve_connection<S>(
         }
     }
     let _ = tokio::time::timeout(cfg.write_timeout, stream.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn write_frames_delivers_everything_to_a_slow_reader() {
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 100];
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                match theirs.read(&mut chunk).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        write_frames(&mut ours, &data, Duration::from_secs(30))
+            .await
+            .expect("written");
+        drop(ours);
+        assert_eq!(reader.await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn write_frames_times_out_when_the_peer_never_reads() {
+        let (mut ours, _theirs) = tokio::io::duplex(64);
+        let started = std::time::Instant::now();
+        let r = write_frames(&mut ours, &[7u8; 1000], Duration::from_millis(100)).await;
+        assert!(matches!(r, Err(None)), "{r:?}");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn write_frames_reports_a_closed_peer() {
+        let (mut ours, theirs) = tokio::io::duplex(64);
+        drop(theirs);
+        let r = write_frames(&mut ours, &[7u8; 10], Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(Some(_))), "{r:?}");
+    }
 }
