@@ -69,52 +69,45 @@ struct Route {
     exit_ip: Option<IpAddr>,
 }
 
-/// Per-connection cache backend → server → [`Route`]: one fast lookup per message instead of
+/// Per-connection cache (backend, server) → [`Route`]: one hash lookup per message instead of
 /// interning and exit-IP lookups. Cleared when the exit-IP map changes, and when it grows past
 /// [`ROUTES_MAX`] (names come from HAProxy's config, so it stays tiny in practice).
 #[derive(Debug, Default)]
 struct RouteCache {
-    map: FxHashMap<Box<[u8]>, ServerRoutes>,
-    len: usize,
+    /// Key: backend length (4 bytes LE), backend, server — unambiguous for any pair of names.
+    map: FxHashMap<Box<[u8]>, Route>,
+    /// The lookup key, rebuilt in place for every message (no allocation once warm).
+    key: Vec<u8>,
 }
 
 const ROUTES_MAX: usize = 4096;
 
-/// server name → route, for one backend.
-type ServerRoutes = FxHashMap<Box<[u8]>, Route>;
-
 impl RouteCache {
-    fn get(&mut self, backend: &[u8], server: &[u8], exit_ips: &CachedExitIps) -> Option<&Route> {
-        // Hot path: two lookups by borrowed key, no allocation.
-        let hit = self
-            .map
-            .get(backend)
-            .is_some_and(|servers| servers.contains_key(server));
-        if !hit {
-            if self.len >= ROUTES_MAX {
-                self.map.clear();
-                self.len = 0;
-            }
-            let b: Arc<str> = Arc::from(String::from_utf8_lossy(backend).as_ref());
-            let s: Arc<str> = Arc::from(String::from_utf8_lossy(server).as_ref());
-            let exit_ip = exit_ips.get(&b, &s);
-            let route = Route {
-                backend: b,
-                server: s,
-                exit_ip,
-            };
-            self.map
-                .entry(backend.into())
-                .or_default()
-                .insert(server.into(), route);
-            self.len += 1;
+    fn get(&mut self, backend: &[u8], server: &[u8], exit_ips: &CachedExitIps) -> Route {
+        self.key.clear();
+        self.key
+            .extend_from_slice(&u32::try_from(backend.len()).unwrap_or(u32::MAX).to_le_bytes());
+        self.key.extend_from_slice(backend);
+        self.key.extend_from_slice(server);
+        if let Some(route) = self.map.get(self.key.as_slice()) {
+            return route.clone();
         }
-        self.map.get(backend)?.get(server)
+        if self.map.len() >= ROUTES_MAX {
+            self.map.clear();
+        }
+        let b: Arc<str> = Arc::from(String::from_utf8_lossy(backend).as_ref());
+        let s: Arc<str> = Arc::from(String::from_utf8_lossy(server).as_ref());
+        let exit_ip = exit_ips.get(&b, &s);
+        let route = Route {
+            backend: b,
+            server: s,
+            exit_ip,
+        };
+        self.map.insert(self.key.as_slice().into(), route.clone());
+        route
     }
 }
 
-/// Per-connection handler state: route cache, exit-IP snapshot, the attribution batch of the
-/// current read.
 #[derive(Debug)]
 pub struct ConnHandler {
     agent: Arc<Agent>,
@@ -286,9 +279,7 @@ impl ConnHandler {
         let (Some(backend), Some(server)) = (args.backend, args.server) else {
             return self.bad_args(ack);
         };
-        let Some(route) = self.routes.get(backend, server, &self.exit_ips) else {
-            return self.bad_args(ack); // cannot happen: inserted on a miss
-        };
+        let route = self.routes.get(backend, server, &self.exit_ips);
         match route.exit_ip {
             Some(IpAddr::V4(a)) => ack.push(set_txn(VAR_EXIT_IP, TypedData::Ipv4(a))),
             Some(IpAddr::V6(a)) => ack.push(set_txn(VAR_EXIT_IP, TypedData::Ipv6(a))),
@@ -296,8 +287,8 @@ impl ConnHandler {
         }
         self.batch.push(AttributionRecord {
             client_hash: hash,
-            backend: route.backend.clone(),
-            server: route.server.clone(),
+            backend: route.backend,
+            server: route.server,
             exit_ip: route.exit_ip,
             at: self.now,
         });
@@ -324,6 +315,26 @@ mod tests {
                 prop_assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), ip.to_string());
             }
         }
+    }
+
+    #[test]
+    fn route_cache_keys_are_unambiguous_and_carry_the_exit_ip() {
+        let ips = Arc::new(ExitIps::new());
+        ips.replace(std::collections::HashMap::from([(
+            ("ab".to_owned(), "c".to_owned()),
+            IpAddr::from([203, 0, 113, 9]),
+        )]));
+        let cached = CachedExitIps::new(ips);
+        let mut cache = RouteCache::default();
+        for _ in 0..2 {
+            let r = cache.get(b"ab", b"c", &cached);
+            assert_eq!((&*r.backend, &*r.server), ("ab", "c"));
+            assert_eq!(r.exit_ip, Some(IpAddr::from([203, 0, 113, 9])));
+            let r = cache.get(b"a", b"bc", &cached);
+            assert_eq!((&*r.backend, &*r.server), ("a", "bc"));
+            assert_eq!(r.exit_ip, None);
+        }
+        assert_eq!(cache.map.len(), 2);
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Metrics {
             Histogram::with_opts(
                 HistogramOpts::new(
                     "egress_spoa_notify_duration_seconds",
-                    "Time to decode and handle one NOTIFY, excluding the socket write",
+                    "Time to decode and handle one NOTIFY, excluding the socket write (the average over its read batch)",
                 )
                 .buckets(vec![
                     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2,
