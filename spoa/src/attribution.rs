@@ -284,16 +284,22 @@ pub struct AttributionReceiver {
 }
 
 impl AttributionReceiver {
-    /// Take every queued record into `agg`; returns whether it reached its key cap.
-    fn take_into(&mut self, agg: &mut Aggregator) -> bool {
+    /// Take every queued record into `agg`, calling `on_full` whenever it reaches its key cap.
+    /// Works in chunks and yields between them, so a large take does not hold up the connections
+    /// that share the thread.
+    async fn take_into<F: FnMut(&mut Aggregator)>(&mut self, agg: &mut Aggregator, mut on_full: F) {
+        const CHUNK: usize = 4096;
         let mut taken = std::mem::take(&mut self.spare);
         std::mem::swap(&mut *self.queue.lock(), &mut taken);
-        let mut full = false;
-        for r in taken.drain(..) {
-            full |= agg.record(r);
+        for (n, r) in taken.drain(..).enumerate() {
+            if agg.record(r) {
+                on_full(agg);
+            }
+            if n % CHUNK == CHUNK - 1 {
+                tokio::task::yield_now().await;
+            }
         }
         self.spare = taken;
-        full
     }
 
     /// Records waiting in the queue.
@@ -359,27 +365,23 @@ pub async fn run_aggregator(
             sink.submit(rows);
         }
     };
+    let on_full = |agg: &mut Aggregator| {
+        tracing::warn!(keys = agg.len(), "attribution key cap reached; flushing early");
+        submit(agg.take_all());
+    };
     loop {
         tokio::select! {
-            () = rx.queue.ready.notified() => {
-                if rx.take_into(&mut agg) {
-                    tracing::warn!(keys = agg.len(), "attribution key cap reached; flushing early");
-                    submit(agg.take_all());
-                }
-            }
+            () = rx.queue.ready.notified() => rx.take_into(&mut agg, on_full).await,
             _ = tick.tick() => {
                 metrics.attribution_queue_depth.set(rx.depth() as i64);
-                if rx.take_into(&mut agg) {
-                    tracing::warn!(keys = agg.len(), "attribution key cap reached; flushing early");
-                    submit(agg.take_all());
-                }
+                rx.take_into(&mut agg, on_full).await;
                 submit(agg.take_closed(SystemTime::now()));
             }
             _ = stop.cancelled() => break,
         }
     }
     // Whatever is still queued is part of the final flush.
-    rx.take_into(&mut agg);
+    rx.take_into(&mut agg, on_full).await;
     metrics.attribution_queue_depth.set(0);
     submit(agg.take_all());
 }

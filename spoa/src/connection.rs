@@ -350,7 +350,10 @@ pub async fn serve_connection<S>(
     let timer = tokio::time::sleep_until(hello_deadline);
     tokio::pin!(timer);
     loop {
+        let unread = rbuf.len();
         let step = session.process(&mut rbuf, &mut wbuf, cfg.max_inflight.max(1));
+        // A frame was decoded: whatever is left is the start of a new one.
+        let consumed = rbuf.len() < unread;
         if !wbuf.is_empty() {
             match write_frames(&mut stream, &wbuf, cfg.write_timeout).await {
                 Ok(()) => wbuf.clear(),
@@ -381,9 +384,12 @@ pub async fn serve_connection<S>(
             last_read = now;
             got_input = false;
         }
-        // Bytes left over after processing are the start of an incomplete frame.
+        // Bytes left over after processing are the start of an incomplete frame; its clock starts
+        // when it does, not when an earlier frame of a busy connection did.
         partial_since = if rbuf.is_empty() {
             None
+        } else if consumed {
+            Some(now)
         } else {
             partial_since.or(Some(now))
         };
@@ -397,6 +403,14 @@ pub async fn serve_connection<S>(
             }
         };
         let deadline = due(session.state(), draining, partial_since);
+        if now >= deadline {
+            // Checked here too, not only by the timer: on a connection that always has data to
+            // read, the biased read branch (and tokio's task budget) can keep the timer from being
+            // polled, and `drain_max` exists precisely for such busy connections.
+            let status = if draining { Status::NORMAL } else { Status::TIMEOUT };
+            session.close(status, &mut wbuf);
+            continue;
+        }
         if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);
         }

@@ -108,6 +108,8 @@ impl RouteCache {
     }
 }
 
+/// Per-connection handler state: route cache, exit-IP snapshot, the attribution batch of the
+/// current read.
 #[derive(Debug)]
 pub struct ConnHandler {
     agent: Arc<Agent>,
@@ -228,7 +230,7 @@ impl ConnHandler {
         self.now = SystemTime::now();
     }
 
-    /// Called after a batch: hand the attribution records over in one channel operation.
+    /// Called after a batch: hand the attribution records over under one lock.
     pub fn end_batch(&mut self) {
         self.agent.attribution.send_batch(&mut self.batch);
         if self.attributions > 0 {

@@ -15,7 +15,8 @@ pub struct Metrics {
     pub notify_received: IntCounter,
     /// `egress_spoa_frames_sent_total{type="ack"}`, resolved.
     pub ack_sent: IntCounter,
-    /// Time to decode and handle one NOTIFY (not including the socket write).
+    /// Time to decode and handle one NOTIFY: the average over its read batch (not including the
+    /// socket write).
     pub notify_seconds: Histogram,
     /// Open SPOP connections.
     pub connections: IntGauge,
@@ -32,9 +33,9 @@ pub struct Metrics {
     pub msg_bad_args: IntCounter,
     /// NOTIFYs with no message at all (3.1+).
     pub msg_empty: IntCounter,
-    /// Attribution records waiting in the channel.
+    /// Attribution records waiting in the queue (sampled on each flush tick).
     pub attribution_queue_depth: IntGauge,
-    /// Attribution records dropped because the channel was full.
+    /// Attribution records dropped because the queue was full.
     pub attribution_dropped: IntCounter,
     /// Aggregated attribution rows handed to the sink.
     pub attribution_rows: IntCounter,
@@ -77,7 +78,7 @@ impl Metrics {
             Histogram::with_opts(
                 HistogramOpts::new(
                     "egress_spoa_notify_duration_seconds",
-                    "Time to decode and handle one NOTIFY, excluding the socket write (the average over its read batch)",
+                    "Time to decode and handle one NOTIFY, excluding the socket write: the average over its read batch",
                 )
                 .buckets(vec![
                     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2,
@@ -131,7 +132,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "egress_spoa_attribution_queue_depth",
-                    "Attribution records waiting to be aggregated",
+                    "Attribution records waiting to be aggregated, sampled on each flush tick before the aggregator takes them (it also takes them whenever they reach a quarter of the queue capacity)",
                 )?,
             )?,
             attribution_dropped: reg(

@@ -581,3 +581,37 @@ async fn a_busy_connection_is_still_closed_when_draining() {
     assert!(t.elapsed() >= Duration::from_millis(1500), "{:?}", t.elapsed());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_busy_connection_whose_reads_end_mid_frame_is_not_cut_by_the_frame_deadline() {
+    let cfg = ServerConfig {
+        connection: ConnectionConfig {
+            frame_timeout: Duration::from_millis(300),
+            ..ConnectionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let h = Harness::start(cfg).await;
+    let mut c = Client::hello(h.addr).await;
+    // For 1.2 s (four frame deadlines), every write finishes the previous NOTIFY and starts the next
+    // one, so the agent's read buffer is never empty; but no frame takes more than ~60 ms to arrive.
+    let frames: Vec<Vec<u8>> = (0..25u64)
+        .map(|i| attribution_notify(2 * i + 1, 1, Ipv4Addr::new(10, 0, 0, 5), None, b"s1"))
+        .collect();
+    let half = frames[0].len() / 2;
+    c.send(&frames[0][..half]).await;
+    let mut acks = 0;
+    for i in 0..frames.len() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut chunk = frames[i][half..].to_vec();
+        if let Some(next) = frames.get(i + 1) {
+            chunk.extend_from_slice(&next[..half]);
+        }
+        c.send(&chunk).await;
+        let f = c.recv().await.expect("an ACK, not a close");
+        assert_eq!(f.kind, FrameType::Ack, "frame {i}: {f:?}");
+        acks += 1;
+    }
+    assert_eq!(acks, frames.len());
+    h.stop().await;
+}
