@@ -531,16 +531,20 @@ async fn shutdown_answers_in_flight_then_disconnects_normally() {
     );
 }
 
-#[tokio::test]
-async fn a_frame_started_but_never_finished_is_cut_at_the_frame_deadline() {
-    let cfg = ServerConfig {
+/// Default limits but a 300 ms frame deadline.
+fn frame_timeout_300ms() -> ServerConfig {
+    ServerConfig {
         connection: ConnectionConfig {
             frame_timeout: Duration::from_millis(300),
             ..ConnectionConfig::default()
         },
         ..ServerConfig::default()
-    };
-    let h = Harness::start(cfg).await;
+    }
+}
+
+#[tokio::test]
+async fn a_frame_started_but_never_finished_is_cut_at_the_frame_deadline() {
+    let h = Harness::start(frame_timeout_300ms()).await;
     let mut c = Client::hello(h.addr).await;
     // Three bytes of a length prefix, then nothing: far below the 5-minute idle timeout.
     c.send(&[0, 0, 0]).await;
@@ -584,14 +588,7 @@ async fn a_busy_connection_is_still_closed_when_draining() {
 
 #[tokio::test]
 async fn a_busy_connection_whose_reads_end_mid_frame_is_not_cut_by_the_frame_deadline() {
-    let cfg = ServerConfig {
-        connection: ConnectionConfig {
-            frame_timeout: Duration::from_millis(300),
-            ..ConnectionConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let h = Harness::start(cfg).await;
+    let h = Harness::start(frame_timeout_300ms()).await;
     let mut c = Client::hello(h.addr).await;
     // For 1.2 s (four frame deadlines), every write finishes the previous NOTIFY and starts the next
     // one, so the agent's read buffer is never empty; but no frame takes more than ~60 ms to arrive.
