@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use egress_e2e::http_util::{read_head, request_line};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const MAX_HEAD: usize = 8 * 1024;
 const STEP: Duration = Duration::from_secs(10);
 const TUNNEL_MAX: Duration = Duration::from_secs(120);
 
@@ -175,34 +175,8 @@ async fn answer(client: &mut TcpStream, status: u16) {
 
 /// The CONNECT target of a request head, if it is a CONNECT.
 fn connect_target(head: &[u8]) -> Option<String> {
-    let line = head.split(|b| *b == b'\r').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    (parts.next()? == "CONNECT").then_some(())?;
-    parts.next().map(str::to_owned)
-}
-
-/// Reads a request head (bounded, with a deadline); returns it and any bytes after it.
-async fn read_head(stream: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
-    let read = async {
-        let mut buf = Vec::with_capacity(512);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(chunk.get(..n)?);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let rest = buf.split_off(end + 4);
-                return Some((buf, rest));
-            }
-            if buf.len() > MAX_HEAD {
-                return None;
-            }
-        }
-    };
-    tokio::time::timeout(STEP, read).await.ok().flatten()
+    let (method, target) = request_line(head)?;
+    (method == "CONNECT").then(|| target.to_owned())
 }
 
 #[cfg(test)]

@@ -43,3 +43,23 @@ pub fn checker_cli(database_url: &str, key_hex: &str, args: &[&str]) -> anyhow::
     );
     Ok(String::from_utf8(out.stdout)?)
 }
+
+/// The `egress-spoa` command the demo stack and the system test run: SPOP on `listen`, metrics on
+/// `metrics`, exit IPs from and attribution to the ledger at `database_url`, both refreshed every
+/// second (so a test sees them quickly), spooling to `spool` during a Postgres outage.
+pub fn spoa_command(
+    listen: &str,
+    metrics: &str,
+    database_url: &str,
+    key_hex: &str,
+    spool: &std::path::Path,
+) -> anyhow::Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(bin_path("egress-spoa")?);
+    cmd.env("EGRESS_HASH_KEY", key_hex)
+        .env("EGRESS_DATABASE_URL", database_url)
+        .args(["--listen", listen, "--metrics-listen", metrics])
+        .args(["--exit-ips-refresh", "1s", "--attribution-flush-interval", "1s"])
+        .arg("--spool-path")
+        .arg(spool);
+    Ok(cmd)
+}

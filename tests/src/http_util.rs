@@ -1,17 +1,17 @@
-//! Tiny bounded HTTP/1.1 helpers shared by the in-process servers.
+//! Tiny bounded HTTP/1.1 helpers shared by the in-process servers (the harness's and the lab's).
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 /// Largest request head the test servers accept.
-pub(crate) const MAX_HEAD: usize = 8 * 1024;
+pub const MAX_HEAD: usize = 8 * 1024;
 /// Deadline for a client to send its request head.
-pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads up to the end of an HTTP head (`\r\n\r\n`), at most [`MAX_HEAD`] bytes. Returns the head and
 /// any bytes read after it. `None` on EOF, timeout or an oversized head.
-pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(Vec<u8>, Vec<u8>)> {
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(Vec<u8>, Vec<u8>)> {
     let read = async {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
@@ -34,7 +34,7 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(V
 }
 
 /// The request line's method and target, e.g. ("CONNECT", "127.0.0.1:443").
-pub(crate) fn request_line(head: &[u8]) -> Option<(&str, &str)> {
+pub fn request_line(head: &[u8]) -> Option<(&str, &str)> {
     let line_end = find(head, b"\r\n")?;
     let line = std::str::from_utf8(head.get(..line_end)?).ok()?;
     let mut parts = line.split(' ');

@@ -22,7 +22,7 @@ pub mod dirs;
 pub mod echo;
 pub mod fault;
 pub mod haproxy;
-mod http_util;
+pub mod http_util;
 pub mod ports;
 pub mod postgres;
 pub mod process;

@@ -137,19 +137,13 @@ impl LocalStack {
         ));
 
         let spoa_metrics = free_addr()?;
-        let mut cmd = Command::new(bin_path("egress-spoa")?);
-        cmd.env("EGRESS_HASH_KEY", KEY_HEX)
-            .env("EGRESS_DATABASE_URL", pg.url())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", haproxy.port(SPOA_PORT)))
-            .arg("--metrics-listen")
-            .arg(spoa_metrics.to_string())
-            .arg("--exit-ips-refresh")
-            .arg("1s")
-            .arg("--attribution-flush-interval")
-            .arg("1s")
-            .arg("--spool-path")
-            .arg(dir.path().join("spoa.spool"));
+        let cmd = crate::bins::spoa_command(
+            &format!("127.0.0.1:{}", haproxy.port(SPOA_PORT)),
+            &spoa_metrics.to_string(),
+            pg.url(),
+            KEY_HEX,
+            &dir.path().join("spoa.spool"),
+        )?;
         let spoa = ChildSpec::new("egress-spoa", cmd)
             .grace(Duration::from_secs(10))
             .spawn()?;

@@ -123,20 +123,13 @@ fn checker_and_agent_fill_the_ledger_and_who_answers_from_it() -> anyhow::Result
     }
 
     // egress-spoa: exit IPs from the ledger, attribution to the ledger.
-    let mut spoa_cmd = Command::new(bin_path("egress-spoa")?);
-    spoa_cmd
-        .env("EGRESS_HASH_KEY", KEY_HEX)
-        .env("EGRESS_DATABASE_URL", &db)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{spoa_port}"))
-        .arg("--metrics-listen")
-        .arg(format!("127.0.0.1:{}", free_port()?))
-        .arg("--exit-ips-refresh")
-        .arg("1s")
-        .arg("--attribution-flush-interval")
-        .arg("1s")
-        .arg("--spool-path")
-        .arg(dir.path().join("spoa.spool"));
+    let spoa_cmd = egress_e2e::bins::spoa_command(
+        &format!("127.0.0.1:{spoa_port}"),
+        &format!("127.0.0.1:{}", free_port()?),
+        &db,
+        KEY_HEX,
+        &dir.path().join("spoa.spool"),
+    )?;
     let mut spoa: ManagedChild = ChildSpec::new("egress-spoa", spoa_cmd)
         .grace(Duration::from_secs(10))
         .spawn()?;
