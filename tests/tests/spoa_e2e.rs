@@ -193,6 +193,36 @@ const CLIENTS: [Ipv4Addr; 3] = [
 
 /// The shipped configuration (HTTP mode, CONNECT forwarded by HAProxy): the ACK is applied before
 /// the response, so the shipped log line carries both variables.
+/// The shared second half of both modes: the SPOE exchanges went well and were counted; stopping
+/// the agent flushes its attribution; then, fail open: HAProxy marks the agent down (shipped `check
+/// inter 2s`, default fall 3: 4 to 6 s) and every client still gets through. Returns how many
+/// traffic lines (`count` of HAProxy's log) there were before the clients went through without the
+/// agent.
+fn stop_agent_and_pass_without_it(
+    haproxy: &Haproxy,
+    agent: &mut ManagedChild,
+    key: &HashKey,
+    metrics_port: u16,
+    front: SocketAddr,
+    echo: &EchoServer,
+    count: impl Fn(&str) -> usize,
+) -> anyhow::Result<usize> {
+    assert_spoe_exchanges_ok(&haproxy.logs(), CLIENTS.len());
+    assert_attribution_counted(metrics_port);
+    stop_agent_and_check_flush(agent, key, &CLIENTS);
+    assert!(
+        wait_until(WAIT, || spop_check_down(haproxy)),
+        "{:?}",
+        spoa_status(haproxy)
+    );
+    let before = count(&haproxy.logs());
+    for client in CLIENTS {
+        let exit = echo_ip_via_proxy(front, echo, Some(client))?;
+        assert!(exit == "127.0.0.2" || exit == "127.0.0.3", "exit {exit}");
+    }
+    Ok(before)
+}
+
 #[test]
 fn http_mode_tags_connect_traffic_and_fails_open_without_the_agent() -> anyhow::Result<()> {
     let spoe_dir = tempfile::tempdir()?;
@@ -245,22 +275,10 @@ fn http_mode_tags_connect_traffic_and_fails_open_without_the_agent() -> anyhow::
         };
         assert!(lines.contains(&want), "missing {want:?} in\n{}", haproxy.logs());
     }
-    assert_spoe_exchanges_ok(&haproxy.logs(), CLIENTS.len());
-    assert_attribution_counted(metrics_port);
-    stop_agent_and_check_flush(&mut agent, &key, &CLIENTS);
-
-    // Fail open: with the agent gone, HAProxy marks it down (shipped `check inter 2s`, default
-    // fall 3: 4 to 6 s) and clients still get through.
-    assert!(
-        wait_until(WAIT, || spop_check_down(&haproxy)),
-        "{:?}",
-        spoa_status(&haproxy)
-    );
-    let before = traffic(&haproxy.logs()).len();
-    for client in CLIENTS {
-        let exit = echo_ip_via_proxy(front, &echo, Some(client))?;
-        assert!(exit == "127.0.0.2" || exit == "127.0.0.3", "exit {exit}");
-    }
+    let before =
+        stop_agent_and_pass_without_it(&haproxy, &mut agent, &key, metrics_port, front, &echo, |l| {
+            traffic(l).len()
+        })?;
     assert!(wait_until(WAIT, || traffic(&haproxy.logs()).len() >= before + CLIENTS.len()));
     let after = traffic(&haproxy.logs());
     assert!(
@@ -337,21 +355,10 @@ backend spoe-egress
         "log lines:\n{}",
         haproxy.logs()
     );
-    assert_spoe_exchanges_ok(&haproxy.logs(), CLIENTS.len());
-    assert_attribution_counted(metrics_port);
-    stop_agent_and_check_flush(&mut agent, &key, &CLIENTS);
-
-    // Fail open: with the agent gone, HAProxy marks it down and clients still get through.
-    assert!(
-        wait_until(WAIT, || spop_check_down(&haproxy)),
-        "{:?}",
-        spoa_status(&haproxy)
-    );
-    let before = tcp_traffic_lines(&haproxy.logs()).len();
-    for client in CLIENTS {
-        let exit = echo_ip_via_proxy(front, &echo, Some(client))?;
-        assert!(exit == "127.0.0.2" || exit == "127.0.0.3", "exit {exit}");
-    }
+    let before =
+        stop_agent_and_pass_without_it(&haproxy, &mut agent, &key, metrics_port, front, &echo, |l| {
+            tcp_traffic_lines(l).len()
+        })?;
     assert!(wait_until(WAIT, || tcp_traffic_lines(&haproxy.logs()).len()
         >= before + CLIENTS.len()));
     let after = tcp_traffic_lines(&haproxy.logs());
