@@ -21,7 +21,7 @@ use egress_spoa::{Agent, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 const LONG_ABOUT: &str = "\
-egress-spoa is an HAProxy SPOE agent (SPOP 2.0, HAProxy 2.6 to 3.x). At on-server-session HAProxy sends
+egress-spoa is an HAProxy SPOE agent (SPOP 2.0, HAProxy 2.6 to 3.4). At on-server-session HAProxy sends
 it the client address, the backend and the chosen server (message egress-attribution); the agent answers
 at once with txn.egress.client_hash (a SipHash of the client identity, keyed with a secret shared by every
 agent) and txn.egress.exit_ip (the server's exit IP as last recorded), and aggregates who went out through
@@ -29,16 +29,23 @@ which server and exit IP per minute. It never routes: if it is down, HAProxy fai
 
 HAProxy lines to paste (the engine file is haproxy/spoe-egress.conf):
 
-  frontend egress
+  frontend entry
       filter spoe engine egress config /etc/haproxy/spoe-egress.conf
       log-format \"%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc client=%[var(txn.egress.client_hash)] exit=%[var(txn.egress.exit_ip)]\"
 
   backend spoe-egress
+  .if version_atleast(3.1)
+      mode spop
+  .else
       mode tcp
+  .endif
       timeout connect 1s
       timeout server 3m
       option spop-check
-      server spoa1 127.0.0.1:12345 check
+      server spoa1 127.0.0.1:12345 check inter 1s fall 2 rise 2
+
+On HAProxy 3.1+ leave `maxconn` off that server line: there it caps messages in flight, not
+connections. The frontend must not share a backend's name (an error from HAProxy 3.3 on).
 
 The hash key is 32 hex characters, from --hash-key-file or the EGRESS_HASH_KEY environment variable.";
 

@@ -45,11 +45,10 @@ pub fn connect_request_with(
     target: &str,
     headers: &str,
 ) -> anyhow::Result<(u16, TcpStream)> {
-    write!(
-        stream,
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n"
-    )
-    .context("sending CONNECT")?;
+    // One write: `write!` on a socket may send each formatted piece as its own segment.
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n").as_bytes())
+        .context("sending CONNECT")?;
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -87,11 +86,9 @@ pub fn http_get<S: std::io::Read + std::io::Write>(
     host: &str,
     path: &str,
 ) -> anyhow::Result<String> {
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .context("sending GET")?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .context("sending GET")?;
     stream.flush()?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];

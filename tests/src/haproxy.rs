@@ -2,10 +2,11 @@
 //!
 //! Placeholders the config may use: `{{RUNTIME_SOCKET}}` (the admin socket path, required: declare
 //! `stats socket {{RUNTIME_SOCKET}} mode 600 level admin`, as [`GLOBAL`] does), `{{DIR}}` (the
-//! instance's temp dir) and `{{PORT0}}` ... `{{PORT9}}` (free ports picked by the harness, read back
+//! instance's temp dir, holding a `server-state` file with no server for `server-state-file`) and `{{PORT0}}` ... `{{PORT9}}` (free ports picked by the harness, read back
 //! with [`Haproxy::port`]; on a bind collision the harness picks new ones and starts again).
 //!
-//! The config is checked with `haproxy -c` first, so a bad config fails with HAProxy's own message.
+//! The config is checked with `haproxy -dW -c` first, so a bad config (or one HAProxy warns about)
+//! fails with HAProxy's own message. The binary is [`haproxy_program`] (`EGRESS_TEST_HAPROXY`).
 //! HAProxy then runs in the foreground (`-db`); with `log stdout format raw local0` its log lines land
 //! in the captured output ([`Haproxy::logs`]).
 
@@ -23,7 +24,7 @@ use nix::sys::signal::Signal;
 use crate::dirs::HarnessDir;
 use crate::ports::{free_port, is_addr_in_use};
 use crate::process::{ChildSpec, ManagedChild, tail};
-use crate::programs::find_program;
+use crate::programs::haproxy_program;
 
 /// A `global` + `defaults` preamble: logs to stdout, the admin socket, short timeouts.
 pub const GLOBAL: &str = "\
@@ -39,6 +40,10 @@ defaults
     timeout server 30s
 ";
 
+/// A server-state file with no server: the format version line alone. HAProxy 2.6 warns about a
+/// missing or empty file, not about this one.
+pub const EMPTY_SERVER_STATE: &str = "1\n";
+
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
@@ -48,6 +53,8 @@ const PORT_PLACEHOLDERS: usize = 10;
 #[derive(Debug)]
 pub struct Haproxy {
     child: ManagedChild,
+    /// The output of the processes that a [`Haproxy::reload`] replaced.
+    earlier_logs: String,
     socket: PathBuf,
     config_path: PathBuf,
     ports: Vec<u16>,
@@ -63,7 +70,7 @@ impl Haproxy {
             "the HAProxy config must declare `stats socket {{{{RUNTIME_SOCKET}}}} mode 600 level admin` \
              (egress_e2e::haproxy::GLOBAL does)"
         );
-        let bin = find_program("haproxy", "haproxy")?;
+        let bin = haproxy_program()?;
         let dir = Arc::new(HarnessDir::new("haproxy")?);
         let socket = dir.path().join("admin.sock");
         let config_path = dir.path().join("haproxy.cfg");
@@ -82,22 +89,22 @@ impl Haproxy {
             }
             std::fs::write(&config_path, &text)
                 .with_context(|| format!("writing {}", config_path.display()))?;
-            check(&bin, &config_path, &dir)?;
+            // `server-state-file {{DIR}}/server-state` (the shipped config's) exists as the packages
+            // create it, holding only the format version, unless a test (a reload) saved states.
+            let state = dir.path().join("server-state");
+            if !state.exists() {
+                std::fs::write(&state, EMPTY_SERVER_STATE)?;
+            }
+            check(&bin, &config_path, &dir, true)?;
             let _ = std::fs::remove_file(&socket);
-            let mut cmd = Command::new(&bin);
-            cmd.arg("-db").arg("-f").arg(&config_path).current_dir(dir.path());
-            let mut child = ChildSpec::new("haproxy", cmd)
-                // SIGTERM: HAProxy's hard stop, at once; tests do not wait for sessions to finish.
-                .stop_signal(Signal::SIGTERM)
-                .grace(Duration::from_secs(2))
-                .in_dir(dir.clone())
-                .spawn()?;
+            let mut child = spawn(&bin, &config_path, &dir, None)?;
             let ready = crate::wait_until(START_TIMEOUT, || {
                 !child.is_running() || send(&socket, "show info").is_ok()
             });
             if ready && child.is_running() {
                 return Ok(Haproxy {
                     child,
+                    earlier_logs: String::new(),
                     socket,
                     config_path,
                     ports,
@@ -164,9 +171,41 @@ impl Haproxy {
         parse_servers_state(&self.cmd("show servers state")?)
     }
 
-    /// All output so far: log lines (`log stdout`) and HAProxy's own messages.
+    /// All output so far: log lines (`log stdout`) and HAProxy's own messages, those of the
+    /// processes a reload replaced first.
     pub fn logs(&self) -> String {
-        self.child.logs()
+        format!("{}{}", self.earlier_logs, self.child.logs())
+    }
+
+    /// Reloads HAProxy as an operator does (docs/operator-guide.md, "Reloading HAProxy"): saves
+    /// `show servers state` into the instance's `server-state` file (the shipped
+    /// `server-state-file`), then starts a new process on the same config with `-sf <old pid>`,
+    /// which takes over the listeners and tells the old one to finish. Returns once the new
+    /// process answers on the runtime API.
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        let states = self.cmd("show servers state")?;
+        std::fs::write(self.dir.path().join("server-state"), states)?;
+        let bin = haproxy_program()?;
+        check(&bin, &self.config_path, &self.dir, false)?;
+        let old_pid = self.child.pid();
+        let mut child = spawn(&bin, &self.config_path, &self.dir, Some(old_pid))?;
+        let new_pid = child.pid();
+        // The old process's socket answers until the new one has replaced it: wait for the new pid.
+        let ready = crate::wait_until(START_TIMEOUT, || {
+            !child.is_running()
+                || send(&self.socket, "show info")
+                    .is_ok_and(|info| info.lines().any(|l| l == format!("Pid: {new_pid}")))
+        });
+        if !(ready && child.is_running()) {
+            let log = child.logs();
+            child.kill();
+            anyhow::bail!("haproxy did not reload:\n{}", tail(&log));
+        }
+        let mut old = std::mem::replace(&mut self.child, child);
+        // The old process stops once its sessions (agent checks, tunnels) are done.
+        old.wait_timeout(Duration::from_secs(5));
+        self.earlier_logs.push_str(&old.logs());
+        Ok(())
     }
 
     /// Whether HAProxy is still running.
@@ -175,8 +214,33 @@ impl Haproxy {
     }
 }
 
-fn check(bin: &Path, config: &Path, dir: &Arc<HarnessDir>) -> anyhow::Result<()> {
+/// HAProxy in the foreground (`-db`) on `config`; `-sf <pid>` when it replaces a running process.
+fn spawn(
+    bin: &Path,
+    config: &Path,
+    dir: &Arc<HarnessDir>,
+    replaces: Option<u32>,
+) -> anyhow::Result<ManagedChild> {
     let mut cmd = Command::new(bin);
+    cmd.arg("-db").arg("-f").arg(config).current_dir(dir.path());
+    if let Some(pid) = replaces {
+        cmd.arg("-sf").arg(pid.to_string());
+    }
+    ChildSpec::new("haproxy", cmd)
+        // SIGTERM: HAProxy's hard stop, at once; tests do not wait for sessions to finish.
+        .stop_signal(Signal::SIGTERM)
+        .grace(Duration::from_secs(2))
+        .in_dir(dir.clone())
+        .spawn()
+}
+
+/// `haproxy -c`; `zero_warning` adds -dW: a warning fails the check as an error does (not on a
+/// reload, where HAProxy warns about every server state it restores).
+fn check(bin: &Path, config: &Path, dir: &Arc<HarnessDir>, zero_warning: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new(bin);
+    if zero_warning {
+        cmd.arg("-dW");
+    }
     cmd.arg("-c").arg("-f").arg(config);
     ChildSpec::new("haproxy-check", cmd)
         .in_dir(dir.clone())
@@ -248,24 +312,44 @@ pub fn parse_servers_state(text: &str) -> anyhow::Result<Vec<HashMap<String, Str
         .collect())
 }
 
-/// The shipped SPOE engine file (`haproxy/spoe-egress.conf`) copied into `dir`, with its
-/// `timeout processing` raised from 15 ms to 2 s: on a loaded test machine the first exchange
-/// (connect + HELLO + NOTIFY) can exceed 15 ms, and HAProxy would fail open. Fail-open itself is
-/// tested separately. Everything else is the file as shipped.
+/// The shipped SPOE engine file (`haproxy/spoe-egress.conf`) copied into `dir` exactly as shipped
+/// (`timeout processing 15ms`): what the demo, the fail-open test and every test that does not
+/// assert the agent's answer on each request run.
 pub fn shipped_spoe_conf(dir: &Path) -> anyhow::Result<PathBuf> {
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../haproxy/spoe-egress.conf");
-    let text =
-        std::fs::read_to_string(&shipped).map_err(|e| anyhow::anyhow!("{}: {e}", shipped.display()))?;
+    let text = shipped_spoe_text()?;
+    let path = dir.join("spoe-egress.conf");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// The shipped SPOE engine file with its `timeout processing` raised from 15 ms to 2 s, for the
+/// tests that assert that *every* request was tagged by the agent (a debug build on a loaded
+/// 2-core machine can miss 15 ms now and then, and HAProxy then fails open, as it should). Each
+/// test that uses it says so. Everything else is the file as shipped.
+pub fn raised_spoe_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let text = shipped_spoe_text()?;
     anyhow::ensure!(
-        text.contains("timeout processing 15ms"),
-        "the shipped SPOE processing timeout changed: update shipped_spoe_conf"
+        text.contains(&format!("timeout processing {SHIPPED_PROCESSING_MS}ms")),
+        "the shipped SPOE processing timeout changed: update SHIPPED_PROCESSING_MS"
     );
     let path = dir.join("spoe-egress.conf");
     std::fs::write(
         &path,
-        text.replace("timeout processing 15ms", "timeout processing 2s"),
+        text.replace(
+            &format!("timeout processing {SHIPPED_PROCESSING_MS}ms"),
+            "timeout processing 2s",
+        ),
     )?;
     Ok(path)
+}
+
+/// The shipped `timeout processing` of haproxy/spoe-egress.conf, in milliseconds: a dead or hung
+/// agent costs a request at most this long (tests assert against it).
+pub const SHIPPED_PROCESSING_MS: u64 = 15;
+
+fn shipped_spoe_text() -> anyhow::Result<String> {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../haproxy/spoe-egress.conf");
+    std::fs::read_to_string(&shipped).map_err(|e| anyhow::anyhow!("{}: {e}", shipped.display()))
 }
 
 #[cfg(test)]

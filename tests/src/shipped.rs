@@ -111,6 +111,7 @@ struct Profile<'a> {
     spoa_addr: &'a str,
     stats_bind: &'a str,
     server_extra: &'a str,
+    state_file: &'a str,
 }
 
 /// One `server` line per entry: (backend, name, address).
@@ -141,7 +142,8 @@ fn render(template: &str, servers: &[(String, String, String)], p: &Profile) -> 
             .replace("@@AGENT_PORT@@", p.agent_port)
             .replace("@@SPOA_ADDR@@", p.spoa_addr)
             .replace("@@STATS_BIND@@", p.stats_bind)
-            .replace("@@SERVER_EXTRA@@", p.server_extra);
+            .replace("@@SERVER_EXTRA@@", p.server_extra)
+            .replace("@@STATE_FILE@@", p.state_file);
         anyhow::ensure!(
             !line.contains("@@"),
             "unknown placeholder in template line {line:?}"
@@ -183,6 +185,7 @@ pub fn render_vm(template: &str, pool: &[PoolServer]) -> anyhow::Result<String> 
             spoa_addr: "127.0.0.1:12345",
             stats_bind: "127.0.0.1:8404",
             server_extra: "",
+            state_file: "/var/lib/haproxy/server-state",
         },
     )
 }
@@ -226,7 +229,8 @@ pub fn render_k8s(template: &str, pool: &[PoolServer]) -> anyhow::Result<String>
             agent_port: "5555",
             spoa_addr: "127.0.0.1:12345",
             stats_bind: ":8404",
-            server_extra: " resolvers cluster init-addr last,libc,none",
+            server_extra: " resolvers cluster init-addr last,none",
+            state_file: "/var/lib/haproxy/server-state",
         },
     )
 }
@@ -257,6 +261,7 @@ pub fn haproxy_for_test(servers: &[(&str, &str, SocketAddr)], spoe_conf: &Path) 
             spoa_addr: "127.0.0.1:{{PORT2}}",
             stats_bind: "127.0.0.1:{{PORT3}}",
             server_extra: "",
+            state_file: "{{DIR}}/server-state",
         },
     )
 }
@@ -469,6 +474,7 @@ mod tests {
             spoa_addr: "",
             stats_bind: "",
             server_extra: "",
+            state_file: "",
         };
         assert_eq!(
             render(template, &servers, &p).unwrap(),

@@ -99,7 +99,7 @@ impl LocalStack {
         let haproxy = Haproxy::start(&config).context("starting HAProxy")?;
         progress(&format!(
             "HAProxy {} (shipped haproxy.cfg for loopback): proxy 127.0.0.1:{}, stats http://127.0.0.1:{}/",
-            haproxy_version(),
+            haproxy_version_text(),
             haproxy.port(FRONT_PORT),
             haproxy.port(STATS_PORT)
         ));
@@ -137,16 +137,7 @@ impl LocalStack {
         ));
 
         let spoa_metrics = free_addr()?;
-        let cmd = crate::bins::spoa_command(
-            &format!("127.0.0.1:{}", haproxy.port(SPOA_PORT)),
-            &spoa_metrics.to_string(),
-            pg.url(),
-            KEY_HEX,
-            &dir.path().join("spoa.spool"),
-        )?;
-        let spoa = ChildSpec::new("egress-spoa", cmd)
-            .grace(Duration::from_secs(10))
-            .spawn()?;
+        let spoa = spawn_spoa(&haproxy, spoa_metrics, &pg, dir.path())?;
         progress(&format!(
             "egress-spoa: SPOP 127.0.0.1:{}, metrics http://{spoa_metrics}/metrics",
             haproxy.port(SPOA_PORT)
@@ -324,6 +315,59 @@ impl LocalStack {
         v
     }
 
+    /// `n` CONNECT tunnels through HAProxy, one after the other, each from its own client address
+    /// (127.0.`subnet`.1 ..), each a CONNECT to the echo target and a GET through it. Fails on the
+    /// first tunnel that fails; returns each tunnel's time (connect to answer).
+    pub fn timed_tunnels(&self, subnet: u8, n: u8) -> anyhow::Result<Latencies> {
+        let mut each = Vec::with_capacity(usize::from(n));
+        for i in 1..=n {
+            let client = Ipv4Addr::new(127, 0, subnet, i);
+            let t = std::time::Instant::now();
+            self.request(client, false)
+                .with_context(|| format!("tunnel {i} of {n} from {client}"))?;
+            each.push(t.elapsed());
+        }
+        Ok(Latencies(each))
+    }
+
+    /// Pauses egress-spoa (SIGSTOP): its port still accepts connections, it answers nothing, as a
+    /// hung agent (a stalled node, CPU starvation, a deadlock) does.
+    pub fn pause_spoa(&mut self) -> anyhow::Result<()> {
+        self.spoa.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Resumes a paused egress-spoa (SIGCONT).
+    pub fn resume_spoa(&mut self) -> anyhow::Result<()> {
+        self.spoa.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    /// Kills egress-spoa (SIGKILL): its port refuses connections.
+    pub fn kill_spoa(&mut self) {
+        self.spoa.kill();
+    }
+
+    /// Starts egress-spoa again (after [`LocalStack::kill_spoa`]), on the same ports and ledger.
+    pub fn restart_spoa(&mut self) -> anyhow::Result<()> {
+        self.spoa.kill();
+        self.spoa = spawn_spoa(&self.haproxy, self.spoa_metrics, &self.pg, self.dir.path())?;
+        Ok(())
+    }
+
+    /// Kills egress-checker (SIGKILL): HAProxy keeps every server's last agent state.
+    pub fn kill_checker(&mut self) {
+        self.checker.kill();
+    }
+
+    /// Stops the ledger's PostgreSQL (fast shutdown).
+    pub fn stop_postgres(&mut self) -> anyhow::Result<()> {
+        self.pg.stop()
+    }
+
+    /// Starts the ledger's PostgreSQL again.
+    pub fn start_postgres(&mut self) -> anyhow::Result<()> {
+        self.pg.start_again()
+    }
+
     /// The logs of the checker and the agent (for failure messages).
     pub fn agent_logs(&self) -> String {
         format!(
@@ -366,16 +410,54 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn haproxy_version() -> String {
-    Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .nth(2)
-                .map(str::to_owned)
-        })
+fn haproxy_version_text() -> String {
+    crate::programs::haproxy_version()
+        .map(|(major, minor)| format!("{major}.{minor}"))
         .unwrap_or_default()
+}
+
+fn spawn_spoa(
+    haproxy: &Haproxy,
+    metrics: SocketAddr,
+    pg: &Postgres,
+    dir: &std::path::Path,
+) -> anyhow::Result<ManagedChild> {
+    let cmd = crate::bins::spoa_command(
+        &format!("127.0.0.1:{}", haproxy.port(SPOA_PORT)),
+        &metrics.to_string(),
+        pg.url(),
+        KEY_HEX,
+        &dir.join("spoa.spool"),
+    )?;
+    ChildSpec::new("egress-spoa", cmd)
+        .grace(Duration::from_secs(10))
+        .spawn()
+}
+
+/// Tunnel times from [`LocalStack::timed_tunnels`].
+#[derive(Clone, Debug)]
+pub struct Latencies(pub Vec<Duration>);
+
+impl Latencies {
+    /// The median.
+    pub fn p50(&self) -> Duration {
+        let mut v = self.0.clone();
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    }
+
+    /// The slowest.
+    pub fn max(&self) -> Duration {
+        self.0.iter().max().copied().unwrap_or_default()
+    }
+
+    /// `n/n tunnels ok, p50 X ms, max Y ms`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{n}/{n} tunnels ok, p50 {:.1} ms, max {:.1} ms",
+            self.p50().as_secs_f64() * 1e3,
+            self.max().as_secs_f64() * 1e3,
+            n = self.0.len()
+        )
+    }
 }

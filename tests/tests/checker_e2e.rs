@@ -518,3 +518,61 @@ fn exit_ip_leak_is_quarantined_with_its_reason() -> anyhow::Result<()> {
     wait_all_up(&h, &["t1", "t2"]);
     Ok(())
 }
+
+/// A reload of HAProxy (`server-state-file`, saved just before, as docs/operator-guide.md says) keeps
+/// a quarantined server DOWN and a server that a rotation or an operator put in MAINT in MAINT: the
+/// new process starts from the saved states and the checker's next answer, never from UP.
+#[test]
+fn reload_keeps_a_quarantined_server_down_and_a_maint_server_in_maint() -> anyhow::Result<()> {
+    let echo = EchoServer::start()?;
+    let (_ca_dir, ca) = write_ca(&echo)?;
+    let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    let f1 = FaultBackend::start(FaultMode::Forward)?;
+    let mut h = start_haproxy(&[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
+    let _c = start_checker(&h, &targets(&echo, &ca), "")?;
+    wait_all_up(&h, &["t1", "t2", "f1"]);
+
+    f1.set_mode(FaultMode::Status(503))?;
+    assert!(
+        wait_status(&h, "f1", "DOWN (agent)", Duration::from_secs(10)).is_some(),
+        "f1 not quarantined: {:?}",
+        row(&h, "f1")
+    );
+    // What the rotator does first (and what an operator does by hand).
+    h.cmd(&format!("set server {BACKEND}/t2 state maint"))?;
+    assert!(wait_status(&h, "t2", "MAINT", Duration::from_secs(5)).is_some());
+
+    let old_pid = h.pid();
+    h.h.reload()?;
+    assert_ne!(h.pid(), old_pid, "no new HAProxy process");
+    // From the new process's first answer on, for longer than the health check's rise x inter
+    // (2 x 2 s) would take to bring a server up from scratch.
+    let watch = Instant::now();
+    let mut seen = Vec::new();
+    while watch.elapsed() < Duration::from_secs(5) {
+        let (f1_status, t2_status) = (status(&h, "f1"), status(&h, "t2"));
+        assert!(
+            f1_status.starts_with("DOWN") && t2_status == "MAINT",
+            "after the reload f1 {f1_status:?} (want DOWN), t2 {t2_status:?} (want MAINT); seen {seen:?}\n{}",
+            h.logs()
+        );
+        if seen.last() != Some(&(f1_status.clone(), t2_status.clone())) {
+            seen.push((f1_status, t2_status));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("FIGURE states after reload: {seen:?}");
+
+    // The checker goes on answering the new process: the tunnel mends, f1 comes back; t2 only by hand.
+    f1.set_mode(FaultMode::Forward)?;
+    assert!(
+        wait_status(&h, "f1", "UP", Duration::from_secs(10)).is_some(),
+        "f1 not restored after the reload: {:?}",
+        row(&h, "f1")
+    );
+    assert_eq!(status(&h, "t2"), "MAINT");
+    h.cmd(&format!("set server {BACKEND}/t2 state ready"))?;
+    assert!(wait_status(&h, "t2", "UP", Duration::from_secs(10)).is_some());
+    Ok(())
+}

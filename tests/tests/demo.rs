@@ -154,6 +154,7 @@ fn ci_mode_runs_every_step_and_stops_everything() -> anyhow::Result<()> {
         "quarantined       checker",
         "restored          checker",
         "egress_kr/kr01  127.0.0.5",
+        "FAIL-OPEN egress-spoa hung: 10/10 tunnels ok",
         "report.json: egress/g04 quarantined",
         "the report:              file://",
         "HAProxy stats page:      http://127.0.0.1:",

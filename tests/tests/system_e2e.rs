@@ -17,7 +17,7 @@ use egress_common::client_hash::HashKey;
 use egress_e2e::bins::bin_path;
 use egress_e2e::client::echo_ip_via_proxy;
 use egress_e2e::echo::EchoServer;
-use egress_e2e::haproxy::{Haproxy, shipped_spoe_conf};
+use egress_e2e::haproxy::{Haproxy, raised_spoe_conf};
 use egress_e2e::ports::free_port;
 use egress_e2e::postgres::Postgres;
 use egress_e2e::process::{ChildSpec, ManagedChild};
@@ -77,7 +77,8 @@ fn checker_and_agent_fill_the_ledger_and_who_answers_from_it() -> anyhow::Result
         .iter()
         .map(|(name, t)| (BACKEND, *name, t.addr()))
         .collect();
-    let config = haproxy_for_test(&servers, &shipped_spoe_conf(dir.path())?)?;
+    // Raised SPOE budget (2 s): this test asserts that every request was attributed.
+    let config = haproxy_for_test(&servers, &raised_spoe_conf(dir.path())?)?;
     let haproxy = Haproxy::start(&config)?;
     let agent_port = haproxy.port(AGENT_PORT);
     let spoa_port = haproxy.port(SPOA_PORT);

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use egress_e2e::haproxy::SHIPPED_PROCESSING_MS;
 use egress_e2e::stack::{FAULT_SERVER, KEY_HEX, LocalStack};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -129,6 +130,7 @@ fn run(ci: bool) -> anyhow::Result<()> {
     step_traffic(&stack)?;
     step_quarantine(&stack)?;
     step_ledger(&stack)?;
+    step_fail_open(&mut stack)?;
     let report = step_report(&stack)?;
     step_where_to_look(&stack, &report);
 
@@ -287,10 +289,38 @@ fn step_ledger(stack: &LocalStack) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The agent hangs (SIGSTOP: its port accepts, it never answers): with the shipped SPOE file each
+/// tunnel costs at most `timeout processing` (15 ms) more, until HAProxy's spop-check marks the
+/// agent DOWN and skips it.
+fn step_fail_open(stack: &mut LocalStack) -> anyhow::Result<()> {
+    say(&format!(
+        "== 7. Fail-open: egress-spoa hung (SIGSTOP); HAProxy runs haproxy/spoe-egress.conf as shipped (timeout processing {SHIPPED_PROCESSING_MS}ms)"
+    ));
+    let baseline = stack.timed_tunnels(7, 10)?;
+    say(&format!("  agent running:     {}", baseline.summary()));
+    stack.pause_spoa()?;
+    let hung = stack.timed_tunnels(8, 10);
+    stack.resume_spoa()?;
+    let hung = hung?;
+    say(&format!(
+        "  FAIL-OPEN egress-spoa hung: {} (+{:.1} ms on the p50; budget {SHIPPED_PROCESSING_MS} ms)",
+        hung.summary(),
+        (hung.p50().as_secs_f64() - baseline.p50().as_secs_f64()) * 1e3
+    ));
+    say("  egress-spoa resumed (SIGCONT); waiting for HAProxy's spop-check to see it UP");
+    if !wait_for(Duration::from_secs(30), || {
+        stack.status("spoe-egress", "spoa1").starts_with("UP")
+    }) {
+        anyhow::ensure!(!stopping(), interrupted());
+        anyhow::bail!("egress-spoa not UP again after 30 s\n{}", stack.agent_logs());
+    }
+    Ok(())
+}
+
 fn step_report(stack: &LocalStack) -> anyhow::Result<std::path::PathBuf> {
     let out = stack.dir().join("report");
     let out_text = out.to_string_lossy().into_owned();
-    say("== 7. The morning report: egress-checker report --since 1h --out <dir>");
+    say("== 8. The morning report: egress-checker report --since 1h --out <dir>");
     stack.cli(&[
         "report",
         "--since",
