@@ -62,6 +62,10 @@ pub struct Session {
     notify_seconds: prometheus::local::LocalHistogram,
     /// ACKs written in the current batch.
     acks: u64,
+    /// Whether the peer is HAProxy 3.1+'s mux-spop, which sends each NOTIFY with its own write:
+    /// known at the first NOTIFY (mux-spop numbers a connection's streams 1, 3, 5, ...; 2.6 uses its
+    /// process-wide stream counter). Only such connections ask for [`crate::coalesce`].
+    one_frame_per_write: Option<bool>,
 }
 
 impl Session {
@@ -76,6 +80,7 @@ impl Session {
             notify_seconds: metrics.notify_seconds.local(),
             metrics,
             acks: 0,
+            one_frame_per_write: None,
         }
     }
 
@@ -132,6 +137,9 @@ impl Session {
             }
             self.notify_seconds.flush();
             self.metrics.notify_received.inc_by(notifies);
+            if self.one_frame_per_write == Some(true) {
+                crate::coalesce::record(notifies);
+            }
         }
         if self.acks > 0 {
             self.metrics.ack_sent.inc_by(self.acks);
@@ -206,6 +214,8 @@ impl Session {
     }
 
     fn on_notify(&mut self, frame: &Frame, out: &mut BytesMut) {
+        // spop_conn_get_next_sid (3.1+): `(max_id + 1) | 1`, max_id starting at -1.
+        self.one_frame_per_write.get_or_insert(frame.stream_id == 1);
         // 3.x: "the FIN flag must be set on all frames"; fragmentation was never negotiated.
         if !frame.flags.fin() {
             return self.close(Status::FRAGMENTATION, out);

@@ -6,6 +6,7 @@
 //! - [`codec`] — the length layer (tokio-util), refusing oversize lengths before buffering.
 //! - [`connection`] — the per-connection state machine and its I/O loop.
 //! - [`server`] — the accept loop with bounded connections and a two-phase shutdown.
+//! - [`coalesce`] — batching reads and ACK writes when HAProxy 3.x sends one NOTIFY per write.
 //! - [`handler`] — `egress-attribution` and `egress-client`.
 //! - [`attribution`] — the per-minute aggregator and the [`attribution::AttributionSink`] trait.
 //! - [`exit_ip`] — the read-mostly exit-IP map and its refresher.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attribution;
+pub mod coalesce;
 pub mod codec;
 pub mod connection;
 pub mod exit_ip;

@@ -116,6 +116,13 @@ struct Cli {
     /// pinned to one core.
     #[arg(long, env = "EGRESS_SPOA_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Batching window: when the agent is answering a stream of NOTIFYs (at least two per wake-up),
+    /// it waits this long before going idle, so that what arrives meanwhile is read and answered in
+    /// one read and one write per connection. HAProxy 3.1+ sends each NOTIFY with its own write;
+    /// this halves the agent's CPU per message there (docs/spoa-figures.md). A quiet agent never
+    /// waits. 0 turns it off. At most 5ms (it adds up to this much to an answer under load).
+    #[arg(long, env = "EGRESS_SPOA_COALESCE", default_value = "500us", value_parser = humantime::parse_duration)]
+    coalesce: Duration,
     /// Log format.
     #[arg(long, env = "EGRESS_SPOA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -146,6 +153,12 @@ fn check(cli: &Cli) -> anyhow::Result<Checked> {
     }
     if cli.max_connections == 0 || cli.max_inflight_per_connection == 0 || cli.attribution_queue == 0 {
         bail!("--max-connections, --max-inflight-per-connection and --attribution-queue must be at least 1");
+    }
+    if cli.coalesce > Duration::from_millis(5) {
+        bail!(
+            "--coalesce must be at most 5ms (it adds up to that much to an answer), got {:?}",
+            cli.coalesce
+        );
     }
     for (name, d) in [
         ("--hello-timeout", cli.hello_timeout),
@@ -225,6 +238,7 @@ fn main() -> ExitCode {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
+    rt.on_thread_park(egress_spoa::coalesce::park_hook(cli.coalesce));
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
