@@ -165,6 +165,19 @@ fn ci_mode_runs_every_step_and_stops_everything() -> anyhow::Result<()> {
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
+    // The shipped SPOE budget holds in the demo: a hung agent adds at most 20 ms to a tunnel (the
+    // shipped `timeout processing 15ms`, plus scheduling on a loaded machine).
+    let added: f64 = out
+        .lines()
+        .find(|l| l.contains("FAIL-OPEN egress-spoa hung:"))
+        .and_then(|l| l.split("(+").nth(1))
+        .and_then(|rest| rest.split(" ms").next())
+        .and_then(|ms| ms.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no FAIL-OPEN line with the added latency in:\n{out}"))?;
+    assert!(
+        added <= 20.0,
+        "a hung agent added {added} ms to the median tunnel:\n{out}"
+    );
     assert_all_gone(&demo);
     Ok(())
 }

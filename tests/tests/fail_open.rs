@@ -142,6 +142,11 @@ fn hung_dead_restarted_agent_dead_ledger_and_dead_checker_all_fail_open_within_t
     assert_within_budget("agent restarted", &baseline, &restarted);
     wait_logged(&stack, 15);
     let (tagged, failed_open) = tags(&stack, 15);
+    for line in stack.haproxy.logs().lines() {
+        if line.starts_with("127.0.15.") && line.contains(" entry ") && !line.contains("spoe_err=-") {
+            println!("FAIL-OPEN agent restarted, untagged: {line}");
+        }
+    }
     let counted = answered(&stack) - before;
     println!(
         "FAIL-OPEN agent restarted: {tagged} of {TUNNELS} tunnels tagged, {failed_open} failed open (first exchange after the reconnect), agent counted {counted}"
