@@ -41,6 +41,7 @@ HAProxy lines to paste (the engine file is haproxy/spoe-egress.conf):
   .endif
       timeout connect 1s
       timeout server 3m
+      retries 0
       option spop-check
       server spoa1 127.0.0.1:12345 check inter 1s fall 2 rise 2
 
