@@ -36,8 +36,37 @@ pub fn park_hook(window: Duration) -> impl Fn() + Send + Sync + 'static {
     move || {
         let now = ANSWERED.load(Ordering::Relaxed);
         let before = seen.swap(now, Ordering::Relaxed);
-        if !window.is_zero() && now.wrapping_sub(before) >= MIN_BATCH {
+        if !window.is_zero() && streaming(before, now) {
             std::thread::sleep(window);
         }
+    }
+}
+
+/// Whether the turn between two parks, which saw the answered-NOTIFY count go from `before` to
+/// `now`, answered a stream of them (at least [`MIN_BATCH`]) rather than a lone one.
+pub fn streaming(before: u64, now: u64) -> bool {
+    now.wrapping_sub(before) >= MIN_BATCH
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_notify_never_waits_a_stream_does() {
+        assert!(!streaming(10, 10));
+        assert!(!streaming(10, 11));
+        assert!(streaming(10, 12));
+        assert!(streaming(u64::MAX, 1), "the counter may wrap");
+    }
+
+    #[test]
+    fn a_zero_window_never_sleeps() {
+        record(1000);
+        let hook = park_hook(Duration::ZERO);
+        let t = std::time::Instant::now();
+        hook();
+        hook();
+        assert!(t.elapsed() < Duration::from_millis(50));
     }
 }

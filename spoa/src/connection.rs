@@ -89,6 +89,12 @@ impl Session {
         self.state
     }
 
+    /// Whether the peer sends one NOTIFY per write (HAProxy 3.1+'s mux-spop), known from the
+    /// first NOTIFY on; such connections ask for [`crate::coalesce`]'s batching window.
+    pub fn one_frame_per_write(&self) -> Option<bool> {
+        self.one_frame_per_write
+    }
+
     /// The max-frame-size in force (ours before the HELLO, the negotiated one after).
     pub fn max_frame_size(&self) -> u32 {
         self.codec.max_frame_size()
