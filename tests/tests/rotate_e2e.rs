@@ -514,7 +514,9 @@ fn chrono_now() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// One client on s1 across the rotation (the SPOA would write this row).
+/// One client on s1 across the rotation (the SPOA would write this row), kept inside the hour of
+/// `from` as the table's CHECK requires, whatever the minute the test runs in (at hh:59 the old
+/// cap at hh:59:00 put last_seen before first_seen).
 fn insert_attribution(url: &str, from: &str, to: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -525,8 +527,10 @@ fn insert_attribution(url: &str, from: &str, to: &str) {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
         sqlx::query(
             "INSERT INTO attribution (client_hash, backend, server, exit_ip, window_start, first_seen, last_seen, requests)
-             VALUES (77, 'egress', 's1', NULL, date_trunc('hour', $1::timestamptz), $1::timestamptz - interval '1 second',
-                     LEAST($2::timestamptz + interval '1 second', date_trunc('hour', $1::timestamptz) + interval '59 minutes'), 10)",
+             VALUES (77, 'egress', 's1', NULL, date_trunc('hour', $1::timestamptz),
+                     GREATEST($1::timestamptz - interval '1 second', date_trunc('hour', $1::timestamptz)),
+                     LEAST($2::timestamptz + interval '1 second',
+                           date_trunc('hour', $1::timestamptz) + interval '1 hour' - interval '1 microsecond'), 10)",
         )
         .bind(from)
         .bind(to)
