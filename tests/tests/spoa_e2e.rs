@@ -16,6 +16,7 @@ use egress_e2e::haproxy::{GLOBAL, Haproxy, raised_spoe_conf};
 use egress_e2e::ports::free_port;
 use egress_e2e::process::{ChildSpec, ManagedChild};
 use egress_e2e::shipped::{FRONT_PORT, SPOA_PORT, haproxy_for_test};
+use egress_e2e::stack::sample;
 use egress_e2e::tinyproxy::Tinyproxy;
 use egress_e2e::wait_until;
 
@@ -143,12 +144,12 @@ fn spop_check_down(haproxy: &Haproxy) -> bool {
 /// HAProxy's SPOE log (shipped `option dontlog-normal`: one line per *failed* exchange only) is empty.
 fn assert_spoe_exchanges_ok(logs: &str, metrics_port: u16, at_least: usize) {
     let m = metrics(metrics_port);
-    let answered = m
-        .lines()
-        .find(|l| l.starts_with("egress_spoa_messages_total{message=\"egress-attribution\",outcome=\"ok\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let answered = sample(
+        &m,
+        "egress_spoa_messages_total",
+        &["message=\"egress-attribution\"", "outcome=\"ok\""],
+    )
+    .unwrap_or(0.0);
     assert!(answered >= at_least as f64, "{answered} messages answered:\n{m}");
     let failed: Vec<&str> = logs.lines().filter(|l| l.contains("<EVENT:")).collect();
     assert!(failed.is_empty(), "SPOE errors:\n{}", failed.join("\n"));
