@@ -49,21 +49,37 @@ pub fn connect_request_with(
     stream
         .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n").as_bytes())
         .context("sending CONNECT")?;
+    let (status, _) = read_answer_head(&mut stream)?;
+    Ok((status, stream))
+}
+
+/// Reads an answer head byte by byte (so no tunnel byte is consumed): the status code and the head.
+pub fn read_answer_head(stream: &mut TcpStream) -> anyhow::Result<(u16, String)> {
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        anyhow::ensure!(head.len() < 8192, "CONNECT answer head larger than 8 KiB");
-        let n = stream.read(&mut byte).context("reading the CONNECT answer")?;
-        anyhow::ensure!(n == 1, "proxy closed the connection before answering CONNECT");
+        anyhow::ensure!(head.len() < 8192, "answer head larger than 8 KiB");
+        let n = stream.read(&mut byte).context("reading the answer")?;
+        anyhow::ensure!(n == 1, "the proxy closed the connection before answering");
         head.push(byte[0]);
     }
-    let text = String::from_utf8_lossy(&head);
+    let text = String::from_utf8_lossy(&head).into_owned();
     let status = text
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| anyhow::anyhow!("malformed CONNECT answer: {text:?}"))?;
-    Ok((status, stream))
+        .ok_or_else(|| anyhow::anyhow!("malformed answer: {text:?}"))?;
+    Ok((status, text))
+}
+
+/// Sends `request` (a whole request head, ending in an empty line) to `proxy` from `source` and
+/// returns the answer's status and head: for requests the proxy answers itself (a refusal).
+pub fn ask(proxy: SocketAddr, source: Option<Ipv4Addr>, request: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = connect_from(source, proxy)?;
+    stream
+        .write_all(request.as_bytes())
+        .context("sending the request")?;
+    read_answer_head(&mut stream)
 }
 
 /// A CONNECT tunnel to `target` through `proxy`, from `source` when given; an error unless 2xx.

@@ -19,7 +19,9 @@
 pub mod bins;
 pub mod client;
 pub mod dirs;
+pub mod dns;
 pub mod echo;
+pub mod entry;
 pub mod fault;
 pub mod haproxy;
 pub mod http_util;

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use crate::entry::EntryPolicy;
+
 /// In the test rendering: `{{PORT0}}` is the frontend (client) port.
 pub const FRONT_PORT: usize = 0;
 /// In the test rendering: `{{PORT1}}` is the agent-check port egress-checker must listen on.
@@ -98,12 +100,22 @@ pub fn shipped_pool() -> anyhow::Result<Vec<PoolServer>> {
     parse_pool(&read("haproxy/pool.txt")?)
 }
 
+/// The shipped entry policy (`haproxy/entry.txt`).
+pub fn shipped_entry_policy() -> anyhow::Result<EntryPolicy> {
+    EntryPolicy::parse(&read("haproxy/entry.txt")?).context("haproxy/entry.txt")
+}
+
 /// Where a rendering differs: what the template's placeholders become.
 struct Profile<'a> {
     header: &'a str,
     run_as: &'a str,
     stats_sockets: &'a str,
-    resolvers: &'a str,
+    /// The `resolvers egress-dns` section's nameserver line(s).
+    nameservers: &'a str,
+    /// Completes the resolvers comment: what else resolves through it.
+    resolvers_use: &'a str,
+    /// Which `client` lines of the entry policy apply: `vm`, `k8s` or `test`.
+    name: &'a str,
     bind: &'a str,
     spoe_conf: &'a str,
     agent_addr: &'a str,
@@ -114,28 +126,63 @@ struct Profile<'a> {
     state_file: &'a str,
 }
 
-/// One `server` line per entry: (backend, name, address).
-fn render(template: &str, servers: &[(String, String, String)], p: &Profile) -> anyhow::Result<String> {
+/// One `server` line per entry: (backend, name, address), with the entry policy rendered into the
+/// frontend.
+fn render(
+    template: &str,
+    servers: &[(String, String, String)],
+    p: &Profile,
+    policy: &EntryPolicy,
+) -> anyhow::Result<String> {
+    let mut backends: Vec<&str> = servers.iter().map(|(b, _, _)| b.as_str()).collect();
+    backends.dedup();
+    policy.check_backends(&backends)?;
     let mut out = String::new();
     for line in template.lines() {
         if let Some(backend) = line.strip_prefix("@@SERVERS ").and_then(|l| l.strip_suffix("@@")) {
-            for (b, name, addr) in servers.iter().filter(|(b, _, _)| b == backend) {
+            let pool: Vec<_> = servers.iter().filter(|(b, _, _)| b == backend).collect();
+            for (id, (b, name, addr)) in (1..).zip(&pool) {
                 // agent-send names the server to the checker: "<backend>/<server>\n".
-                writeln!(out, "    server {name} {addr} agent-send \"{b}/{name}\\n\"")?;
+                writeln!(
+                    out,
+                    "    server {name} {addr} id {id} agent-send \"{b}/{name}\\n\""
+                )?;
             }
             continue;
         }
-        if line == "@@RUN_AS@@" {
-            if !p.run_as.is_empty() {
-                out.push_str(p.run_as);
-                out.push('\n');
+        if let Some(backend) = line
+            .strip_prefix("@@RETRY_SERVERS ")
+            .and_then(|l| l.strip_suffix("@@"))
+        {
+            let pool: Vec<_> = servers.iter().filter(|(b, _, _)| b == backend).collect();
+            // Ring position `id` holds the server that has id+1 in the pool (the last wraps).
+            for (id, (b, name, addr)) in (1..).zip(pool.iter().cycle().skip(1).take(pool.len())) {
+                writeln!(out, "    server {name} {addr} id {id} track {b}/{name}")?;
             }
+            continue;
+        }
+        let block = match line {
+            "@@RUN_AS@@" => Some(if p.run_as.is_empty() {
+                String::new()
+            } else {
+                format!("{}\n", p.run_as)
+            }),
+            "@@NAMESERVERS@@" => Some(format!("{}\n", p.nameservers)),
+            "@@USERLIST@@" => Some(policy.userlist()?),
+            "@@ENTRY_AUTH@@" => Some(policy.auth_lines()),
+            "@@ENTRY_EXCEPTIONS@@" => Some(policy.exception_lines()),
+            "@@ENTRY_POOL_BY_GROUP@@" => Some(policy.pool_group_lines()),
+            "@@ENTRY_FALLBACK@@" => Some(policy.fallback_lines()?),
+            _ => None,
+        };
+        if let Some(block) = block {
+            out.push_str(&block);
             continue;
         }
         let line = line
             .replace("@@HEADER@@", p.header)
             .replace("@@STATS_SOCKETS@@", p.stats_sockets)
-            .replace("@@RESOLVERS@@", p.resolvers)
+            .replace("@@RESOLVERS_USE@@", p.resolvers_use)
             .replace("@@BIND@@", p.bind)
             .replace("@@SPOE_CONF@@", p.spoe_conf)
             .replace("@@AGENT_ADDR@@", p.agent_addr)
@@ -143,7 +190,10 @@ fn render(template: &str, servers: &[(String, String, String)], p: &Profile) -> 
             .replace("@@SPOA_ADDR@@", p.spoa_addr)
             .replace("@@STATS_BIND@@", p.stats_bind)
             .replace("@@SERVER_EXTRA@@", p.server_extra)
-            .replace("@@STATE_FILE@@", p.state_file);
+            .replace("@@STATE_FILE@@", p.state_file)
+            .replace("@@CLIENT_NETS@@", &policy.client_nets(p.name))
+            .replace("@@CONNECT_PORTS@@", &EntryPolicy::ports(&policy.connect_ports))
+            .replace("@@HTTP_PORTS@@", &EntryPolicy::ports(&policy.http_ports));
         anyhow::ensure!(
             !line.contains("@@"),
             "unknown placeholder in template line {line:?}"
@@ -153,15 +203,16 @@ fn render(template: &str, servers: &[(String, String, String)], p: &Profile) -> 
     }
     for (backend, name, _) in servers {
         anyhow::ensure!(
-            template.contains(&format!("@@SERVERS {backend}@@")),
-            "server {name}: the template has no backend {backend}"
+            template.contains(&format!("@@SERVERS {backend}@@"))
+                && template.contains(&format!("@@RETRY_SERVERS {backend}@@")),
+            "server {name}: the template has no backend {backend} (and {backend}_retry)"
         );
     }
     Ok(out)
 }
 
 /// `haproxy/haproxy.cfg`: HAProxy on a VM, egress-checker and egress-spoa on the same host.
-pub fn render_vm(template: &str, pool: &[PoolServer]) -> anyhow::Result<String> {
+pub fn render_vm(template: &str, pool: &[PoolServer], policy: &EntryPolicy) -> anyhow::Result<String> {
     let servers: Vec<_> = pool
         .iter()
         .map(|s| (s.backend.clone(), s.name.clone(), s.vm_address.clone()))
@@ -177,7 +228,9 @@ pub fn render_vm(template: &str, pool: &[PoolServer]) -> anyhow::Result<String> 
                      user haproxy\n    group haproxy",
             stats_sockets: "    # Runtime API: egress-checker reads the server list from it; the rotator drains through it.\n    \
                             stats socket /run/haproxy/admin.sock mode 660 group haproxy level admin expose-fd listeners",
-            resolvers: "",
+            nameservers: "    parse-resolv-conf",
+            resolvers_use: "",
+            name: "vm",
             bind: ":3128",
             spoe_conf: "spoe-egress.conf",
             agent_addr: "127.0.0.1",
@@ -187,6 +240,7 @@ pub fn render_vm(template: &str, pool: &[PoolServer]) -> anyhow::Result<String> 
             server_extra: "",
             state_file: "/var/lib/haproxy/server-state",
         },
+        policy,
     )
 }
 
@@ -199,7 +253,7 @@ pub fn k8s_service(server: &PoolServer) -> String {
 /// the `EGRESS_AGENT_ADDR` environment variable (HAProxy expands `"${VAR}"`; the Deployment sets the
 /// `egress-agent` Service name), because HAProxy resolves `agent-addr` once, while parsing, and a CI
 /// machine without cluster DNS checks the file with `EGRESS_AGENT_ADDR=127.0.0.1`.
-pub fn render_k8s(template: &str, pool: &[PoolServer]) -> anyhow::Result<String> {
+pub fn render_k8s(template: &str, pool: &[PoolServer], policy: &EntryPolicy) -> anyhow::Result<String> {
     let servers: Vec<_> = pool
         .iter()
         .map(|s| {
@@ -221,17 +275,19 @@ pub fn render_k8s(template: &str, pool: &[PoolServer]) -> anyhow::Result<String>
                             # checker by the NetworkPolicy in k8s/base).\n    \
                             stats socket /var/run/haproxy/admin.sock mode 600 level admin\n    \
                             stats socket ipv4@0.0.0.0:9999 level admin",
-            resolvers: "\n# Service names are re-resolved at run time (a recreated Service gets a new ClusterIP).\n\
-                        resolvers cluster\n    parse-resolv-conf\n    hold valid 10s\n",
+            nameservers: "    parse-resolv-conf",
+            resolvers_use: ", and the servers' Service names are re-resolved\n# through it at run time (a recreated Service gets a new ClusterIP)",
+            name: "k8s",
             bind: ":3128",
             spoe_conf: "spoe-egress.conf",
             agent_addr: "\"${EGRESS_AGENT_ADDR}\"",
             agent_port: "5555",
             spoa_addr: "127.0.0.1:12345",
             stats_bind: ":8404",
-            server_extra: " resolvers cluster init-addr last,none",
+            server_extra: " resolvers egress-dns init-addr last,none",
             state_file: "/var/lib/haproxy/server-state",
         },
+        policy,
     )
 }
 
@@ -239,8 +295,20 @@ pub fn render_k8s(template: &str, pool: &[PoolServer]) -> anyhow::Result<String>
 /// agent on `127.0.0.1:{{PORT1}}`, the SPOA on `127.0.0.1:{{PORT2}}`, the stats page on
 /// `127.0.0.1:{{PORT3}}`, the runtime API on `{{RUNTIME_SOCKET}}` (for [`crate::haproxy::Haproxy`]),
 /// `servers` = (backend, name, address) and the SPOE file at `spoe_conf` (see
-/// [`crate::haproxy::shipped_spoe_conf`]). Everything else is the shipped file.
-pub fn haproxy_for_test(servers: &[(&str, &str, SocketAddr)], spoe_conf: &Path) -> anyhow::Result<String> {
+/// [`crate::haproxy::shipped_spoe_conf`]). The entry policy is `policy` (usually
+/// [`EntryPolicy::for_test`] with the test's targets), and destination names resolve through `dns`
+/// (a [`crate::dns::Dnsmasq`]; `None`: a loopback port where nothing answers, so every name is
+/// refused as `unresolvable` and no query leaves the machine). Everything else is the shipped file.
+pub fn haproxy_for_test(
+    servers: &[(&str, &str, SocketAddr)],
+    spoe_conf: &Path,
+    policy: &EntryPolicy,
+    dns: Option<SocketAddr>,
+) -> anyhow::Result<String> {
+    let nameservers = match dns {
+        Some(addr) => format!("    nameserver dns {addr}"),
+        None => "    nameserver dns 127.0.0.1:{{PORT9}}".to_owned(),
+    };
     let servers: Vec<_> = servers
         .iter()
         .map(|(b, n, a)| ((*b).to_owned(), (*n).to_owned(), a.to_string()))
@@ -253,7 +321,9 @@ pub fn haproxy_for_test(servers: &[(&str, &str, SocketAddr)], spoe_conf: &Path) 
             header: "Rendered for a local run (egress_e2e::shipped::haproxy_for_test).",
             run_as: "",
             stats_sockets: "    stats socket {{RUNTIME_SOCKET}} mode 600 level admin",
-            resolvers: "",
+            nameservers: &nameservers,
+            resolvers_use: "",
+            name: "test",
             bind: "127.0.0.1:{{PORT0}}",
             spoe_conf: &spoe,
             agent_addr: "127.0.0.1",
@@ -263,6 +333,7 @@ pub fn haproxy_for_test(servers: &[(&str, &str, SocketAddr)], spoe_conf: &Path) 
             server_extra: "",
             state_file: "{{DIR}}/server-state",
         },
+        policy,
     )
 }
 
@@ -408,12 +479,16 @@ pub fn render_k8s_checker(current: &str, pool: &[PoolServer]) -> anyhow::Result<
 /// Every generated file: (path relative to the repository root, expected content).
 pub fn generated_files() -> anyhow::Result<Vec<(String, String)>> {
     let pool = shipped_pool()?;
+    let policy = shipped_entry_policy()?;
     let template = read("haproxy/haproxy.cfg.in")?;
     Ok(vec![
-        ("haproxy/haproxy.cfg".to_owned(), render_vm(&template, &pool)?),
+        (
+            "haproxy/haproxy.cfg".to_owned(),
+            render_vm(&template, &pool, &policy)?,
+        ),
         (
             "k8s/base/haproxy/haproxy.cfg".to_owned(),
-            render_k8s(&template, &pool)?,
+            render_k8s(&template, &pool, &policy)?,
         ),
         (
             "k8s/base/haproxy/spoe-egress.conf".to_owned(),
@@ -460,13 +535,20 @@ mod tests {
 
     #[test]
     fn renders_one_line_per_server_with_its_agent_send() {
-        let template = "x @@BIND@@\n@@SERVERS b@@\nend\n";
-        let servers = vec![("b".to_owned(), "s1".to_owned(), "1.2.3.4:5".to_owned())];
+        let template = "x @@BIND@@\n@@SERVERS b@@\n@@RETRY_SERVERS b@@\nend\n";
+        let servers = vec![
+            ("b".to_owned(), "s1".to_owned(), "1.2.3.4:5".to_owned()),
+            ("b".to_owned(), "s2".to_owned(), "1.2.3.4:6".to_owned()),
+            ("b".to_owned(), "s3".to_owned(), "1.2.3.4:7".to_owned()),
+        ];
+        let policy = EntryPolicy::for_test(&[]);
         let p = Profile {
             header: "",
             run_as: "",
             stats_sockets: "",
-            resolvers: "",
+            nameservers: "",
+            resolvers_use: "",
+            name: "test",
             bind: ":1",
             spoe_conf: "",
             agent_addr: "",
@@ -477,11 +559,18 @@ mod tests {
             state_file: "",
         };
         assert_eq!(
-            render(template, &servers, &p).unwrap(),
-            "x :1\n    server s1 1.2.3.4:5 agent-send \"b/s1\\n\"\nend\n"
+            render(template, &servers, &p, &policy).unwrap(),
+            "x :1\n\
+             \x20   server s1 1.2.3.4:5 id 1 agent-send \"b/s1\\n\"\n\
+             \x20   server s2 1.2.3.4:6 id 2 agent-send \"b/s2\\n\"\n\
+             \x20   server s3 1.2.3.4:7 id 3 agent-send \"b/s3\\n\"\n\
+             \x20   server s2 1.2.3.4:6 id 1 track b/s2\n\
+             \x20   server s3 1.2.3.4:7 id 2 track b/s3\n\
+             \x20   server s1 1.2.3.4:5 id 3 track b/s1\n\
+             end\n"
         );
         let unknown = vec![("c".to_owned(), "s1".to_owned(), "1.2.3.4:5".to_owned())];
-        assert!(render(template, &unknown, &p).is_err());
-        assert!(render("@@NOPE@@\n", &servers, &p).is_err());
+        assert!(render(template, &unknown, &p, &policy).is_err());
+        assert!(render("@@NOPE@@\n", &servers, &p, &policy).is_err());
     }
 }

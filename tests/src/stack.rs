@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use crate::bins::bin_path;
 use crate::client::{connect_from, connect_request_with, http_get};
 use crate::echo::EchoServer;
+use crate::entry::EntryPolicy;
 use crate::fault::{FaultBackend, FaultMode};
 use crate::haproxy::{Haproxy, shipped_spoe_conf};
 use crate::ports::free_addr;
@@ -54,6 +55,18 @@ impl LocalStack {
     /// Starts everything; `progress` hears one line per component as it comes up. `stop` is polled
     /// between components: when it returns true the start is abandoned (what started is stopped).
     pub fn start(progress: &mut dyn FnMut(&str), stop: &dyn Fn() -> bool) -> anyhow::Result<LocalStack> {
+        LocalStack::start_with(progress, stop, &|echo| {
+            EntryPolicy::for_test(&[echo.http_addr(), echo.https_addr()])
+        })
+    }
+
+    /// As [`LocalStack::start`], with HAProxy's entry policy made by `policy` from the echo target
+    /// (its destinations must be allowed for the stack's own requests to pass).
+    pub fn start_with(
+        progress: &mut dyn FnMut(&str),
+        stop: &dyn Fn() -> bool,
+        policy: &dyn Fn(&EchoServer) -> EntryPolicy,
+    ) -> anyhow::Result<LocalStack> {
         let abandoned = || anyhow::anyhow!("interrupted");
         let dir = tempfile::tempdir()?;
         let pg = Postgres::start().context("starting PostgreSQL")?;
@@ -95,7 +108,7 @@ impl LocalStack {
             .map(|(b, n, t)| (b.as_str(), n.as_str(), t.addr()))
             .collect();
         servers.push((FAULT_SERVER.0, FAULT_SERVER.1, fault.addr()));
-        let config = haproxy_for_test(&servers, &shipped_spoe_conf(dir.path())?)?;
+        let config = haproxy_for_test(&servers, &shipped_spoe_conf(dir.path())?, &policy(&echo), None)?;
         let haproxy = Haproxy::start(&config).context("starting HAProxy")?;
         progress(&format!(
             "HAProxy {} (shipped haproxy.cfg for loopback): proxy 127.0.0.1:{}, stats http://127.0.0.1:{}/",

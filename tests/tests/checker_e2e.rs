@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use egress_e2e::client::{echo_ip_direct, echo_ip_via_proxy};
 use egress_e2e::echo::EchoServer;
+use egress_e2e::entry::EntryPolicy;
 use egress_e2e::fault::{FaultBackend, FaultMode};
 use egress_e2e::haproxy::{Haproxy, shipped_spoe_conf};
 use egress_e2e::process::{ChildSpec, ManagedChild};
@@ -39,6 +40,7 @@ impl std::ops::Deref for Proxy {
 }
 
 fn shipped_config(
+    echo: &EchoServer,
     servers: &[(&str, SocketAddr)],
     kr_servers: &[(&str, SocketAddr)],
 ) -> anyhow::Result<(String, tempfile::TempDir)> {
@@ -48,12 +50,13 @@ fn shipped_config(
         .map(|(n, a)| (BACKEND, *n, *a))
         .chain(kr_servers.iter().map(|(n, a)| ("egress_kr", *n, *a)))
         .collect();
-    let config = haproxy_for_test(&all, &shipped_spoe_conf(spoe.path())?)?;
+    let policy = EntryPolicy::for_test(&[echo.http_addr(), echo.https_addr()]);
+    let config = haproxy_for_test(&all, &shipped_spoe_conf(spoe.path())?, &policy, None)?;
     Ok((config, spoe))
 }
 
-fn start_haproxy(servers: &[(&str, SocketAddr)]) -> anyhow::Result<Proxy> {
-    let (config, spoe) = shipped_config(servers, &[])?;
+fn start_haproxy(echo: &EchoServer, servers: &[(&str, SocketAddr)]) -> anyhow::Result<Proxy> {
+    let (config, spoe) = shipped_config(echo, servers, &[])?;
     Ok(Proxy {
         h: Haproxy::start(&config)?,
         _spoe: spoe,
@@ -175,7 +178,7 @@ fn dead_tunnel_goes_down_via_agent_while_l4_check_passes_and_clients_move_and_re
     let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let f1 = FaultBackend::start(FaultMode::Forward)?;
-    let h = start_haproxy(&[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
+    let h = start_haproxy(&echo, &[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
     let _c = start_checker(&h, &targets(&echo, &ca), "")?;
     wait_all_up(&h, &["t1", "t2", "f1"]);
 
@@ -255,12 +258,15 @@ fn black_hole_and_refusing_backends_are_quarantined() -> anyhow::Result<()> {
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let hole = FaultBackend::start(FaultMode::Forward)?;
     let refuse = FaultBackend::start(FaultMode::Forward)?;
-    let h = start_haproxy(&[
-        ("t1", t1.addr()),
-        ("t2", t2.addr()),
-        ("hole", hole.addr()),
-        ("refuse", refuse.addr()),
-    ])?;
+    let h = start_haproxy(
+        &echo,
+        &[
+            ("t1", t1.addr()),
+            ("t2", t2.addr()),
+            ("hole", hole.addr()),
+            ("refuse", refuse.addr()),
+        ],
+    )?;
     let _c = start_checker(&h, &targets(&echo, &ca), "")?;
     wait_all_up(&h, &["t1", "t2", "hole", "refuse"]);
 
@@ -332,12 +338,15 @@ fn guard_holds_when_every_target_is_unreachable_and_caps_at_half_the_pool() -> a
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let f1 = FaultBackend::start(FaultMode::Forward)?;
     let f2 = FaultBackend::start(FaultMode::Forward)?;
-    let h = start_haproxy(&[
-        ("t1", t1.addr()),
-        ("t2", t2.addr()),
-        ("f1", f1.addr()),
-        ("f2", f2.addr()),
-    ])?;
+    let h = start_haproxy(
+        &echo,
+        &[
+            ("t1", t1.addr()),
+            ("t2", t2.addr()),
+            ("f1", f1.addr()),
+            ("f2", f2.addr()),
+        ],
+    )?;
     // Every target is a closed port: every backend fails, and so does the checker's direct path.
     let dead = FaultBackend::start(FaultMode::Refuse)?;
     let dead_targets = format!(
@@ -408,7 +417,7 @@ fn checker_death_leaves_haproxy_state_as_it_was() -> anyhow::Result<()> {
     let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let f1 = FaultBackend::start(FaultMode::Status(503))?;
-    let h = start_haproxy(&[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
+    let h = start_haproxy(&echo, &[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
     let mut c = start_checker(&h, &targets(&echo, &ca), "")?;
     wait_all_up(&h, &["t1", "t2"]);
     assert!(
@@ -442,7 +451,7 @@ fn unknown_server_reply_changes_nothing_in_haproxy() -> anyhow::Result<()> {
     // ghost's agent-send names a server the checker does not know.
     // ghost is in the Korea pool (`egress_kr`) of the shipped file, which this checker does not
     // watch (`names = ["egress"]`): its agent-send "egress_kr/ghost" names a server it does not know.
-    let (cfg, _spoe) = shipped_config(&[("t1", t1.addr())], &[("ghost", t2.addr())])?;
+    let (cfg, _spoe) = shipped_config(&echo, &[("t1", t1.addr())], &[("ghost", t2.addr())])?;
     let h = Haproxy::start(&cfg)?;
     let _c = start_checker(&h, &targets(&echo, &ca), "")?;
     wait_all_up(&h, &["t1"]);
@@ -487,10 +496,10 @@ fn two_haproxies_send_a_quarantined_servers_clients_to_the_same_fallback() -> an
         ("t3", t3.addr()),
         ("f1", f1.addr()),
     ];
-    let a = start_haproxy(&servers)?;
+    let a = start_haproxy(&echo, &servers)?;
     // One checker answers both instances (same agent-send names); its list comes from `a`: `b` is
     // the same rendering with its agent port pinned to `a`'s.
-    let (config, _spoe) = shipped_config(&servers, &[])?;
+    let (config, _spoe) = shipped_config(&echo, &servers, &[])?;
     let b =
         Haproxy::start(&config.replace(&format!("{{{{PORT{AGENT_PORT}}}}}"), &agent_port(&a).to_string()))?;
     let _c = start_checker(&a, &targets(&echo, &ca), "")?;
@@ -518,7 +527,10 @@ fn exit_ip_leak_is_quarantined_with_its_reason() -> anyhow::Result<()> {
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     // A "proxy" that forwards from the node's own address: the tunnel is gone, traffic leaks.
     let leak = FaultBackend::start(FaultMode::Forward)?;
-    let h = start_haproxy(&[("t1", t1.addr()), ("t2", t2.addr()), ("leak", leak.addr())])?;
+    let h = start_haproxy(
+        &echo,
+        &[("t1", t1.addr()), ("t2", t2.addr()), ("leak", leak.addr())],
+    )?;
     let exit = format!(
         "[exit_ip]\naddress = \"{}\"\ntls = true\nserver_name = \"{}\"\ninterval = \"5s\"\n",
         echo.https_addr(),
@@ -549,7 +561,7 @@ fn reload_keeps_a_quarantined_server_down_and_a_maint_server_in_maint() -> anyho
     let t1 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 2))?;
     let t2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 3))?;
     let f1 = FaultBackend::start(FaultMode::Forward)?;
-    let mut h = start_haproxy(&[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
+    let mut h = start_haproxy(&echo, &[("t1", t1.addr()), ("t2", t2.addr()), ("f1", f1.addr())])?;
     let _c = start_checker(&h, &targets(&echo, &ca), "")?;
     wait_all_up(&h, &["t1", "t2", "f1"]);
 

@@ -12,6 +12,7 @@ use egress_common::client_hash::HashKey;
 use egress_e2e::bins::bin_path;
 use egress_e2e::client::echo_ip_via_proxy;
 use egress_e2e::echo::EchoServer;
+use egress_e2e::entry::EntryPolicy;
 use egress_e2e::haproxy::{GLOBAL, Haproxy, raised_spoe_conf};
 use egress_e2e::ports::free_port;
 use egress_e2e::process::{ChildSpec, ManagedChild};
@@ -80,8 +81,8 @@ fn tcp_traffic_lines(logs: &str) -> Vec<String> {
 }
 
 /// One traffic line of the shipped frontend's log-format:
-/// `%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %ac/%fc/%bc/%sc/%rc %{+Q}r pool=.. client=..
-/// exit=.. spoe_err=..`.
+/// `%ci:%cp [%tr] %ft %b/%s selected=.. %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %ac/%fc/%bc/%sc/%rc %{+Q}r
+/// pool=.. client=.. exit=.. spoe_err=.. refused=..`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Traffic {
     client: String,
@@ -98,8 +99,8 @@ fn parse_traffic(line: &str) -> Option<Traffic> {
     if words.get(2) != Some(&"entry") || !words.get(1)?.starts_with('[') {
         return None;
     }
-    // The request line (`%{+Q}r`) has spaces: the variables are the last four words.
-    let tail = words.get(words.len().checked_sub(4)?..)?;
+    // The request line (`%{+Q}r`) has spaces: the variables are the last five words.
+    let tail = words.get(words.len().checked_sub(5)?..)?;
     let var = |i: usize, name: &str| tail[i].strip_prefix(name).map(str::to_owned);
     Some(Traffic {
         client: client.to_owned(),
@@ -109,6 +110,7 @@ fn parse_traffic(line: &str) -> Option<Traffic> {
         exit: var(2, "exit=")?,
         spoe_err: var(3, "spoe_err=")?,
     })
+    .filter(|_| tail[4] == "refused=-")
 }
 
 fn traffic(logs: &str) -> Vec<Traffic> {
@@ -227,6 +229,8 @@ fn http_mode_tags_connect_traffic_and_fails_open_without_the_agent() -> anyhow::
     let config = haproxy_for_test(
         &[("egress", "t1", t1.addr()), ("egress", "t2", t2.addr())],
         &raised_spoe_conf(spoe_dir.path())?,
+        &EntryPolicy::for_test(&[echo.http_addr(), echo.https_addr()]),
+        None,
     )?
     .replace(
         &format!("{{{{PORT{SPOA_PORT}}}}}"),

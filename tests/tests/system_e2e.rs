@@ -17,6 +17,7 @@ use egress_common::client_hash::HashKey;
 use egress_e2e::bins::bin_path;
 use egress_e2e::client::echo_ip_via_proxy;
 use egress_e2e::echo::EchoServer;
+use egress_e2e::entry::EntryPolicy;
 use egress_e2e::haproxy::{Haproxy, raised_spoe_conf};
 use egress_e2e::ports::free_port;
 use egress_e2e::postgres::Postgres;
@@ -78,7 +79,12 @@ fn checker_and_agent_fill_the_ledger_and_who_answers_from_it() -> anyhow::Result
         .map(|(name, t)| (BACKEND, *name, t.addr()))
         .collect();
     // Raised SPOE budget (2 s): this test asserts that every request was attributed.
-    let config = haproxy_for_test(&servers, &raised_spoe_conf(dir.path())?)?;
+    let config = haproxy_for_test(
+        &servers,
+        &raised_spoe_conf(dir.path())?,
+        &EntryPolicy::for_test(&[echo.http_addr(), echo.https_addr()]),
+        None,
+    )?;
     let haproxy = Haproxy::start(&config)?;
     let agent_port = haproxy.port(AGENT_PORT);
     let spoa_port = haproxy.port(SPOA_PORT);
