@@ -148,6 +148,8 @@ fn ci_mode_runs_every_step_and_stops_everything() -> anyhow::Result<()> {
         "started HAProxy",
         "all servers UP",
         "client 127.0.1.9   -> exit IP 127.0.0.5",
+        "its retry (X-Egress-Attempt: 2) -> exit IP 127.0.0.",
+        "REFUSED CONNECT 169.254.169.254:443 (the cloud metadata address): 403, logged refused=private-address",
         "QUARANTINED egress/g04",
         "status=DOWN (agent)",
         "RESTORED egress/g04",
@@ -165,6 +167,17 @@ fn ci_mode_runs_every_step_and_stops_everything() -> anyhow::Result<()> {
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
+    // The fallback lands on another server than the primary.
+    let fallback = out
+        .lines()
+        .find(|l| l.contains("FALLBACK client"))
+        .unwrap_or_default();
+    let ips: Vec<&str> = fallback
+        .split("exit IP ")
+        .skip(1)
+        .filter_map(|rest| rest.split([';', ',']).next())
+        .collect();
+    assert!(ips.len() == 2 && ips[0] != ips[1], "{fallback}");
     // The shipped SPOE budget holds in the demo: a hung agent adds at most 20 ms to a tunnel (the
     // shipped `timeout processing 15ms`, plus scheduling on a loaded machine).
     let added: f64 = out

@@ -292,6 +292,18 @@ fn credentials_are_required_and_the_user_is_the_identity_hashed() -> anyhow::Res
         "{}",
         stack.haproxy.logs()
     );
+    // Counted: 407s are 4xx responses of the entry (HAProxy's exporter).
+    let stats: SocketAddr = stack
+        .stats_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()?;
+    let responses = sample(
+        &scrape(stats)?,
+        "haproxy_frontend_http_responses_total",
+        &["proxy=\"entry\"", "code=\"4xx\""],
+    );
+    assert_eq!(responses, Some(2.0), "haproxy_frontend_http_responses_total 4xx");
     // Authenticated: the client identity is the user, whatever the source address; bob is in
     // group kr: the Korea pool (exit 127.0.0.5).
     let mut hashes = Vec::new();

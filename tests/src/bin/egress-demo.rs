@@ -202,6 +202,32 @@ fn step_traffic(stack: &LocalStack) -> anyhow::Result<()> {
     say(&format!(
         "  client {client:<11} -> exit IP {exit}   (header X-Egress-Pool: kr: the Korea pool)"
     ));
+    // A client's fallback: its retry (X-Egress-Attempt: 2) goes to the next server of the ring.
+    let client = Ipv4Addr::new(127, 0, 1, 1);
+    let primary = stack.request(client, false)?;
+    let retry = stack.request_with(client, "X-Egress-Attempt: 2\r\n")?;
+    say(&format!(
+        "  FALLBACK client {client} -> exit IP {primary}; its retry (X-Egress-Attempt: 2) -> exit IP {retry}, the next server of the ring, from every HAProxy"
+    ));
+    // Not an open proxy: the cloud metadata address is refused before any backend is contacted.
+    let request = "CONNECT 169.254.169.254:443 HTTP/1.1\r\nHost: 169.254.169.254:443\r\n\r\n";
+    let (code, _) = egress_e2e::client::ask(stack.front(), Some(client), request)?;
+    let mut reason = String::new();
+    wait_for(Duration::from_secs(5), || {
+        reason = stack
+            .haproxy
+            .logs()
+            .lines()
+            .find(|l| l.contains("\"CONNECT 169.254.169.254:443 HTTP/1.1\""))
+            .and_then(|l| l.split(" refused=").nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        !reason.is_empty()
+    });
+    say(&format!(
+        "  REFUSED CONNECT 169.254.169.254:443 (the cloud metadata address): {code}, logged refused={reason} (policy: haproxy/entry.txt)"
+    ));
+    anyhow::ensure!(code == 403, "the metadata address was answered {code}, not 403");
     Ok(())
 }
 
