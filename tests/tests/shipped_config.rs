@@ -25,12 +25,27 @@ fn the_pool_has_26_global_and_2_korea_servers() -> anyhow::Result<()> {
     let count = |b: &str| pool.iter().filter(|s| s.backend == b).count();
     assert_eq!((count("egress"), count("egress_kr"), pool.len()), (26, 2, 28));
     let cfg = std::fs::read_to_string(repo_root().join("haproxy/haproxy.cfg"))?;
-    for s in &pool {
-        let line = format!(
-            "    server {} {} agent-send \"{}/{}\\n\"",
-            s.name, s.vm_address, s.backend, s.name
-        );
-        assert!(cfg.contains(&line), "missing {line:?}");
+    for backend in ["egress", "egress_kr"] {
+        let servers: Vec<_> = pool.iter().filter(|s| s.backend == backend).collect();
+        for (i, s) in servers.iter().enumerate() {
+            // The pool's server, with its fixed ring id, and its twin in <pool>_retry: the ring
+            // position before it (the last server's twin wraps to position 1).
+            let line = format!(
+                "    server {} {} id {} agent-send \"{}/{}\\n\"",
+                s.name,
+                s.vm_address,
+                i + 1,
+                s.backend,
+                s.name
+            );
+            assert!(cfg.contains(&line), "missing {line:?}");
+            let twin_id = if i == 0 { servers.len() } else { i };
+            let twin = format!(
+                "    server {} {} id {twin_id} track {}/{}",
+                s.name, s.vm_address, s.backend, s.name
+            );
+            assert!(cfg.contains(&twin), "missing {twin:?}");
+        }
     }
     Ok(())
 }
