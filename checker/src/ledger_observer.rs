@@ -83,6 +83,16 @@ impl TransitionObserver for LedgerObserver {
                 .at(*at)
                 .new_ip(*ip)
                 .reason("exit-ip-leak"),
+            ExitIpEvent::Unknown {
+                backend,
+                server,
+                last,
+                reason,
+                at,
+            } => Event::new(EventKind::ExitIpUnknown, Actor::Checker, &**backend, &**server)
+                .at(*at)
+                .old_ip(*last)
+                .reason(format!("probe failed: {reason}")),
         };
         self.ledger.record_event(event);
     }

@@ -47,6 +47,20 @@ pub enum ExitIpEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// A probe through a server with a known exit IP failed: until the next exit-IP check passes,
+    /// the IP is not known (the tunnel may come back elsewhere). Agents then tag `exit=unknown`.
+    Unknown {
+        /// HAProxy backend.
+        backend: Arc<str>,
+        /// HAProxy server.
+        server: Arc<str>,
+        /// The IP known until now.
+        last: IpAddr,
+        /// Why (the probe's failure class).
+        reason: &'static str,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 /// Receives every health transition and exit-IP event. Called on the probe path: implementations
@@ -95,6 +109,15 @@ impl TransitionObserver for LogObserver {
                 backend, server, ip, ..
             } => {
                 tracing::warn!(%backend, %server, %ip, "exit ip leak: traffic leaves from the checker's own address");
+            }
+            ExitIpEvent::Unknown {
+                backend,
+                server,
+                last,
+                reason,
+                ..
+            } => {
+                tracing::info!(%backend, %server, %last, reason, "exit ip unknown until the next check passes");
             }
         }
     }

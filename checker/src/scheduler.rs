@@ -255,6 +255,19 @@ async fn server_loop(ctx: Arc<Ctx>, key: ServerKey, addr: SocketAddr, token: Can
             }
         };
 
+        // A failed probe of a server whose exit IP was known: the tunnel may come back elsewhere,
+        // so the agents tag it `unknown` until the next exit-IP check (at the next success).
+        if let (Outcome::Failure(class), Some(last)) = (&outcome, last_ip) {
+            ctx.observer.on_exit_ip(&ExitIpEvent::Unknown {
+                backend: key.backend.clone(),
+                server: key.server.clone(),
+                last,
+                reason: class.as_str(),
+                at: Utc::now(),
+            });
+            last_ip = None;
+            force_exit_check = true;
+        }
         let leak_quarantined = matches!(
             ctx.shared.lock().health(&key),
             Some(Health::Quarantined {

@@ -34,11 +34,14 @@ pub enum EventKind {
     ExitIpLeak,
     /// The first sighting of a server's exit IP (`new_ip`).
     ExitIpObserved,
+    /// From now on the server's exit IP is not known (a rotation took it out, or its tunnel failed)
+    /// until the next event with a `new_ip`: agents tag it `exit=unknown`, never the old IP.
+    ExitIpUnknown,
 }
 
 impl EventKind {
     /// Every kind, in schema order.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         Self::Quarantined,
         Self::Restored,
         Self::DrainStarted,
@@ -49,6 +52,7 @@ impl EventKind {
         Self::ExitIpChanged,
         Self::ExitIpLeak,
         Self::ExitIpObserved,
+        Self::ExitIpUnknown,
     ];
 
     /// The name stored in the database.
@@ -64,6 +68,7 @@ impl EventKind {
             Self::ExitIpChanged => "exit_ip_changed",
             Self::ExitIpLeak => "exit_ip_leak",
             Self::ExitIpObserved => "exit_ip_observed",
+            Self::ExitIpUnknown => "exit_ip_unknown",
         }
     }
 
@@ -74,6 +79,15 @@ impl EventKind {
             self,
             Self::Rotated | Self::ExitIpChanged | Self::ExitIpLeak | Self::ExitIpObserved
         )
+    }
+}
+
+impl EventKind {
+    /// Whether agents must learn of an event of this kind at once (it changes the `exit=` tag):
+    /// the writer writes it without waiting for its flush interval, and the schema's trigger
+    /// notifies the agents.
+    pub fn changes_exit_tag(self) -> bool {
+        self.sets_exit_ip() || self == Self::ExitIpUnknown
     }
 }
 

@@ -25,3 +25,7 @@ pub use event::{Actor, Event, EventKind};
 pub use metrics::ShedReason;
 pub use store::{ExitIpInterval, ServerRef, Store, StoreOptions, WhoClientRow, WhoIpRow};
 pub use writer::{LedgerHandle, LedgerWriter, WriterConfig, WriterStats};
+
+/// The Postgres channel every insert of an exit-IP event notifies (a trigger of the ledger schema):
+/// agents `LISTEN` on it and reload their exit-IP map at once.
+pub const EXIT_IPS_CHANNEL: &str = "egress_exit_ips";

@@ -463,12 +463,24 @@ impl Store {
         Ok(written)
     }
 
-    /// The latest exit IP of every server that has one in the timeline, keyed by (backend, server).
+    /// The current exit IP of every server that has one, keyed by (backend, server): its latest
+    /// IP-bearing event, unless an `exit_ip_unknown` event came after it (a rotation or a failed
+    /// tunnel): such a server is left out, and the agents tag it `exit=unknown`.
     pub async fn current_exit_ips(&self) -> Result<HashMap<(String, String), IpAddr>, LedgerError> {
+        // Two index scans (the partial timeline index, and (kind, at)) rather than one pass over
+        // every event.
         let sql = format!(
-            "SELECT DISTINCT ON (backend, server) backend, server, host(new_ip)
-             FROM events WHERE new_ip IS NOT NULL AND kind IN {IP_KINDS}
-             ORDER BY backend, server, at DESC, id DESC"
+            "SELECT ip.backend, ip.server, host(ip.new_ip) FROM (
+                 SELECT DISTINCT ON (backend, server) backend, server, new_ip, at, id
+                 FROM events WHERE new_ip IS NOT NULL AND kind IN {IP_KINDS}
+                 ORDER BY backend, server, at DESC, id DESC) ip
+             LEFT JOIN (
+                 SELECT DISTINCT ON (backend, server) backend, server, at, id
+                 FROM events WHERE kind = '{UNKNOWN}'
+                 ORDER BY backend, server, at DESC, id DESC) u
+               ON u.backend = ip.backend AND u.server = ip.server
+             WHERE u.at IS NULL OR (u.at, u.id) < (ip.at, ip.id)",
+            UNKNOWN = EventKind::ExitIpUnknown.as_str(),
         );
         let rows: Vec<(String, String, String)> =
             self.bounded(sqlx::query_as(&sql).fetch_all(&self.pool)).await?;

@@ -368,7 +368,10 @@ impl LedgerWriter {
                 _ = tick.tick() => {}
             }
             self.update_lag();
+            // An event that changes the agents' `exit=` tag is written at once: every moment it
+            // waits here, requests are tagged from the previous state.
             let due = last_write.elapsed() >= self.cfg.flush_interval
+                || self.pending_events.iter().any(|e| e.kind.changes_exit_tag())
                 || self.pending_events.len() >= self.cfg.batch_size
                 || self.pending_rows.len() >= self.cfg.batch_size;
             // Idle ticks do not touch Postgres, so db_up reflects real writes.

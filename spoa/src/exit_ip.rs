@@ -1,6 +1,11 @@
 //! The current exit IP of each (backend, server): a read-mostly map swapped whole by a background
 //! refresher. Lookups never wait for the refresher: each connection keeps a snapshot and re-reads
 //! it only when the generation counter moves.
+//!
+//! The refresher reloads on a timer (the fallback), and at once when woken: by a ledger
+//! notification ([`crate::ledger::run_exit_ip_listener`]), or by a lookup of a server the map does
+//! not know (at most once per [`UNKNOWN_RELOAD_EVERY`]). Wake-ups that arrive while a reload runs
+//! fold into one more reload: a burst of notifications costs two loads at most.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,8 +13,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +26,32 @@ use crate::metrics::Metrics;
 pub type LoadFuture<'a> =
     Pin<Box<dyn Future<Output = Result<HashMap<(String, String), IpAddr>, String>> + Send + 'a>>;
 
-/// Where the exit IPs come from (a file now; the ledger later).
+/// Shortest time between two reloads asked for by lookups of unknown servers: a server that stays
+/// unknown (mid-rotation, or a name the ledger never saw) must not turn every request into a query.
+pub const UNKNOWN_RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the refresher reloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// A ledger notification: an exit IP was observed, changed, leaked, rotated or became unknown.
+    Push,
+    /// The notification listener (re)connected: what happened while it was away is unknown.
+    Reconnect,
+    /// A request named a server the map does not know.
+    UnknownServer,
+}
+
+impl Reload {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reload::Push => "push",
+            Reload::Reconnect => "reconnect",
+            Reload::UnknownServer => "unknown-server",
+        }
+    }
+}
+
+/// Where the exit IPs come from (a file, or the ledger).
 pub trait ExitIpSource: Send + Sync {
     /// Load the whole (backend, server) → exit IP map.
     fn load(&self) -> LoadFuture<'_>;
@@ -33,6 +65,11 @@ pub type Snapshot = HashMap<String, HashMap<String, IpAddr>>;
 pub struct ExitIps {
     current: RwLock<Arc<Snapshot>>,
     generation: AtomicU64,
+    wake: Notify,
+    /// Why the pending wake-up was asked for (the first cause since the last reload).
+    cause: Mutex<Option<Reload>>,
+    /// When a lookup last asked for a reload.
+    last_unknown_wake: Mutex<Option<Instant>>,
 }
 
 impl ExitIps {
@@ -69,7 +106,32 @@ impl ExitIps {
         lookup(&self.snapshot(), backend, server)
     }
 
-    /// Refresh from `source` every `every` until `shutdown`. A failed load keeps the previous map.
+    /// Ask the refresher to reload now (it coalesces: one reload for any number of calls made
+    /// while it waits).
+    pub fn request_reload(&self, cause: Reload) {
+        self.cause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(cause);
+        self.wake.notify_one();
+    }
+
+    /// A lookup missed: ask for a reload, at most once per [`UNKNOWN_RELOAD_EVERY`]. Returns
+    /// whether it asked.
+    pub fn request_reload_for_unknown(&self) -> bool {
+        let now = Instant::now();
+        let mut last = self.last_unknown_wake.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_RELOAD_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        drop(last);
+        self.request_reload(Reload::UnknownServer);
+        true
+    }
+
+    /// Refresh from `source` every `every`, and whenever [`ExitIps::request_reload`] asks, until
+    /// `shutdown`. A failed load keeps the previous map.
     pub async fn run_refresher(
         self: Arc<Self>,
         source: Arc<dyn ExitIpSource>,
@@ -80,23 +142,29 @@ impl ExitIps {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let cause = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+                _ = tick.tick() => "poll",
+                _ = self.wake.notified() => {
+                    let cause = self.cause.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    cause.map_or("push", Reload::as_str)
+                }
+            };
+            metrics.exit_ip_reloads.with_label_values(&[cause]).inc();
             // Bounded: a hung source must not stall refreshes forever.
             match tokio::time::timeout(every.max(Duration::from_secs(1)), source.load()).await {
                 Ok(Ok(map)) => {
                     metrics.exit_ip_entries.set(map.len() as i64);
+                    tracing::debug!(cause, entries = map.len(), "exit-IP map reloaded");
                     self.replace(map);
                 }
                 Ok(Err(error)) => {
                     metrics.exit_ip_refresh_failures.inc();
-                    tracing::warn!(%error, "exit-IP refresh failed; keeping the previous map");
+                    tracing::warn!(%error, cause, "exit-IP refresh failed; keeping the previous map");
                 }
                 Err(_) => {
                     metrics.exit_ip_refresh_failures.inc();
-                    tracing::warn!("exit-IP refresh timed out; keeping the previous map");
+                    tracing::warn!(cause, "exit-IP refresh timed out; keeping the previous map");
                 }
             }
         }

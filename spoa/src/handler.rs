@@ -25,8 +25,10 @@ pub const MSG_ATTRIBUTION: &[u8] = b"egress-attribution";
 pub const MSG_CLIENT: &[u8] = b"egress-client";
 /// `txn.<prefix>.client_hash`: 16 hex characters.
 pub const VAR_CLIENT_HASH: &[u8] = b"client_hash";
-/// `txn.<prefix>.exit_ip`: an IP sample.
+/// `txn.<prefix>.exit_ip`: an IP sample, or the string [`EXIT_UNKNOWN`].
 pub const VAR_EXIT_IP: &[u8] = b"exit_ip";
+/// The `exit_ip` tag of a server whose exit IP is not known right now.
+pub const EXIT_UNKNOWN: &[u8] = b"unknown";
 /// `txn.<prefix>.status`: set only when something was off.
 pub const VAR_STATUS: &[u8] = b"status";
 
@@ -285,7 +287,13 @@ impl ConnHandler {
         match route.exit_ip {
             Some(IpAddr::V4(a)) => ack.push(set_txn(VAR_EXIT_IP, TypedData::Ipv4(a))),
             Some(IpAddr::V6(a)) => ack.push(set_txn(VAR_EXIT_IP, TypedData::Ipv6(a))),
-            None => {}
+            // Never a stale IP: a server the map does not know (never seen, mid-rotation, or its
+            // tunnel failed) is tagged `unknown`, and the map is reloaded at once (rate-limited).
+            None => {
+                ack.push(set_txn(VAR_EXIT_IP, TypedData::String(EXIT_UNKNOWN)));
+                self.agent.metrics.exit_ip_unknown.inc();
+                self.agent.exit_ips.request_reload_for_unknown();
+            }
         }
         self.batch.push(AttributionRecord {
             client_hash: hash,

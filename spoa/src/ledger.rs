@@ -1,14 +1,102 @@
 //! The ledger behind the agent: aggregated attribution rows go to the ledger writer (batched,
 //! off the request path, shed and counted under pressure), and the exit-IP map is refreshed from the
-//! ledger's exit-IP timeline.
+//! ledger's exit-IP timeline: pushed (`LISTEN` on [`egress_ledger::EXIT_IPS_CHANNEL`]) and polled.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use egress_ledger::{LedgerHandle, Store};
+use egress_ledger::{EXIT_IPS_CHANNEL, LedgerHandle, Store};
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::attribution::{AttributionRow, AttributionSink};
-use crate::exit_ip::{ExitIpSource, LoadFuture};
+use crate::exit_ip::{ExitIpSource, ExitIps, LoadFuture, Reload};
+use crate::metrics::Metrics;
+
+/// Deadline for connecting the listener and subscribing.
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between two attempts to (re)connect the listener.
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Listens to the ledger's exit-IP notifications and wakes the refresher for each, and after every
+/// (re)connection (what changed while the listener was away is unknown). When the connection
+/// breaks, the periodic refresh goes on alone and the listener reconnects with backoff
+/// (1 s doubling to 30 s). Runs until `shutdown`.
+pub async fn run_exit_ip_listener(
+    store: Store,
+    exit_ips: Arc<ExitIps>,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(LISTEN_CONNECT_TIMEOUT, async {
+                let mut l = PgListener::connect_with(store.pool()).await?;
+                l.listen(EXIT_IPS_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            }) => r,
+        };
+        let mut listener = match connected {
+            Ok(Ok(l)) => l,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, retry_in = ?backoff, "exit-IP notifications: cannot listen; polling meanwhile");
+                if sleep_or_stop(backoff, &shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(retry_in = ?backoff, "exit-IP notifications: listen timed out; polling meanwhile");
+                if sleep_or_stop(backoff, &shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+                continue;
+            }
+        };
+        tracing::info!(channel = EXIT_IPS_CHANNEL, "exit-IP notifications: listening");
+        metrics.exit_ip_listener_up.set(1);
+        backoff = Duration::from_secs(1);
+        exit_ips.request_reload(Reload::Reconnect);
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    metrics.exit_ip_listener_up.set(0);
+                    return;
+                }
+                r = listener.try_recv() => r,
+            };
+            match received {
+                Ok(Some(_)) => exit_ips.request_reload(Reload::Push),
+                // sqlx reconnected by itself: notifications may have been missed meanwhile.
+                Ok(None) => {
+                    tracing::info!("exit-IP notifications: reconnected");
+                    exit_ips.request_reload(Reload::Reconnect);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "exit-IP notifications: connection lost; polling meanwhile");
+                    break;
+                }
+            }
+        }
+        metrics.exit_ip_listener_up.set(0);
+        if sleep_or_stop(backoff, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps `d`; true when `shutdown` came first.
+async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
 
 /// Hands closed attribution windows to the ledger writer.
 #[derive(Clone, Debug)]

@@ -109,7 +109,10 @@ struct Cli {
     /// exit-IP source (for setups without a checker).
     #[arg(long, env = "EGRESS_SPOA_EXIT_IPS_FILE")]
     exit_ips_file: Option<PathBuf>,
-    /// How often the exit-IP map is reloaded.
+    /// How often the exit-IP map is reloaded in any case. From the ledger, changes are also pushed
+    /// (LISTEN/NOTIFY) and reloaded within milliseconds; this poll is the fallback while the
+    /// notification connection is down. A server the map does not know is tagged `exit=unknown`
+    /// (never a stale IP) and triggers a reload at once (at most one per second).
     #[arg(long, env = "EGRESS_SPOA_EXIT_IPS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
     exit_ips_refresh: Duration,
     /// Runtime worker threads (default: the CPUs this process may run on). 1 runs everything on
@@ -314,6 +317,15 @@ async fn serve(cli: Cli, checked: Checked) -> anyhow::Result<()> {
             shutdown.clone(),
             metrics.clone(),
         ));
+        // From the ledger, changes are also pushed: every exit-IP event reloads the map at once.
+        if let (None, Some((_, _, store))) = (&cli.exit_ips_file, &ledger) {
+            tokio::spawn(egress_spoa::ledger::run_exit_ip_listener(
+                store.clone(),
+                exit_ips.clone(),
+                shutdown.clone(),
+                metrics.clone(),
+            ));
+        }
     }
 
     let (tx, rx) = attribution::channel(cli.attribution_queue, metrics.clone());

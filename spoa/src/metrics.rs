@@ -43,6 +43,13 @@ pub struct Metrics {
     pub exit_ip_refresh_failures: IntCounter,
     /// Entries in the current exit-IP map.
     pub exit_ip_entries: IntGauge,
+    /// Exit-IP map reloads, by cause (`poll`, `push`, `reconnect`, `unknown-server`).
+    pub exit_ip_reloads: IntCounterVec,
+    /// 1 while the ledger's exit-IP notifications are being listened to.
+    pub exit_ip_listener_up: IntGauge,
+    /// Requests tagged `exit=unknown`: a server the map does not know (never seen, mid-rotation, or
+    /// its tunnel failed).
+    pub exit_ip_unknown: IntCounter,
     /// Socket errors other than resets and EOF.
     pub io_errors: IntCounter,
 }
@@ -161,6 +168,30 @@ impl Metrics {
                 IntGauge::new(
                     "egress_spoa_exit_ip_entries",
                     "(backend, server) entries in the exit-IP map",
+                )?,
+            )?,
+            exit_ip_reloads: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "egress_spoa_exit_ip_reloads_total",
+                        "Exit-IP map reloads by cause: poll, push (a ledger notification), reconnect, unknown-server",
+                    ),
+                    &["cause"],
+                )?,
+            )?,
+            exit_ip_listener_up: reg(
+                &r,
+                IntGauge::new(
+                    "egress_spoa_exit_ip_listener_up",
+                    "1 while the agent listens to the ledger's exit-IP notifications",
+                )?,
+            )?,
+            exit_ip_unknown: reg(
+                &r,
+                IntCounter::new(
+                    "egress_spoa_exit_ip_unknown_total",
+                    "Requests tagged exit=unknown (a server the exit-IP map does not know)",
                 )?,
             )?,
             io_errors: reg(

@@ -220,7 +220,8 @@ async fn attribution_answers_hash_and_exit_ip_and_is_aggregated() {
     assert_eq!(vars[&b"client_hash".to_vec()], key.hash(b"10.0.0.1").to_string());
     assert_eq!(vars[&b"exit_ip".to_vec()], "203.0.113.7");
 
-    // With an identity, the identity is hashed, not the address; unknown server: no exit_ip.
+    // With an identity, the identity is hashed, not the address; unknown server: exit_ip is the
+    // explicit "unknown", never an IP.
     c.send(&attribution_notify(
         9,
         1,
@@ -231,7 +232,7 @@ async fn attribution_answers_hash_and_exit_ip_and_is_aggregated() {
     .await;
     let vars = txn_vars(&c.recv().await.unwrap());
     assert_eq!(vars[&b"client_hash".to_vec()], key.hash(b"tenant-42").to_string());
-    assert!(!vars.contains_key(b"exit_ip".as_slice()));
+    assert_eq!(vars[&b"exit_ip".to_vec()], "unknown");
 
     // A refreshed exit-IP map is picked up by the open connection.
     h.exit_ips.replace(HashMap::from([(

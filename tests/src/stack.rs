@@ -55,8 +55,12 @@ impl LocalStack {
     /// Starts everything; `progress` hears one line per component as it comes up. `stop` is polled
     /// between components: when it returns true the start is abandoned (what started is stopped).
     pub fn start(progress: &mut dyn FnMut(&str), stop: &dyn Fn() -> bool) -> anyhow::Result<LocalStack> {
+        // The echo target's ports, and 443 as shipped (so a refused request to a private address on
+        // 443 is refused for the address, as it would be in production).
         LocalStack::start_with(progress, stop, &|echo| {
-            EntryPolicy::for_test(&[echo.http_addr(), echo.https_addr()])
+            let mut policy = EntryPolicy::for_test(&[echo.http_addr(), echo.https_addr()]);
+            policy.connect_ports.push(443);
+            policy
         })
     }
 

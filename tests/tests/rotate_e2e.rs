@@ -443,6 +443,7 @@ fn drain_rotation_drops_no_client_and_an_abrupt_kill_does() {
             "drain_started",
             "drained",
             "sessions_cut",
+            "exit_ip_unknown",
             "rotated"
         ],
         "{events}"
@@ -451,7 +452,7 @@ fn drain_rotation_drops_no_client_and_an_abrupt_kill_does() {
     assert_eq!(events[3]["detail"]["cut"], 2);
     // While draining, s1 still exited from its old IP.
     let during_drain = events[1]["at"].as_str().unwrap().to_owned();
-    let rotated = &events[4];
+    let rotated = &events[5];
     assert_eq!(
         (rotated["old_ip"].as_str(), rotated["new_ip"].as_str()),
         (Some("127.0.0.11"), Some("127.0.0.21"))

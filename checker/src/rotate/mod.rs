@@ -5,9 +5,11 @@
 //!  lock (pg_try_advisory_lock, one rotation at a time across the fleet)
 //!  1 drain on every instance → poll scur to 0 or the drain deadline → shutdown sessions (counted)
 //!  2 maint on every instance (no traffic, no health checks; the checker does not count failures)
+//!    → `exit_ip_unknown` (the agents tag `exit=unknown` from here, never the old IP)
 //!  3 executor: change location + restart          ┐ same exit IP: next location
 //!  4 probe through the server until a new exit IP ┘
-//!  5 ready on every instance (slow start applies) → 6 `rotated` old IP → new IP
+//!  5 `rotated` old IP → new IP (pushed to every agent) → 0.5 s for the agents to reload
+//!  6 ready on every instance (slow start applies)
 //! ```
 //! Every step has a deadline; a failed step leaves the server in maint and writes `rotation_failed`.
 
@@ -415,11 +417,17 @@ impl Rotator {
                 )
                 .await;
             }
-            // 2. maint everywhere: no traffic, no health checks.
+            // 2. maint everywhere: no traffic, no health checks. From here on the exit IP is not
+            // known: the agents tag the server `exit=unknown`, never the old IP, until step 5.
             self.fleet
                 .set_state(b, s, AdminState::Maint)
                 .await
                 .map_err(|e| fail("maint", e.to_string()))?;
+            record(
+                store,
+                ev(EventKind::ExitIpUnknown).reason("rotation: the exit IP is about to change"),
+            )
+            .await;
             Ok((cut, drain_ms))
         }
         .await;
@@ -462,11 +470,10 @@ impl Rotator {
                 tried.push(location.clone());
                 continue;
             }
-            // 5. ready everywhere.
-            if let Err(e) = self.fleet.set_state(b, s, AdminState::Ready).await {
-                return Err(self.abort(store, plan, fail("ready", e.to_string())).await);
-            }
-            // 6. the ledger: old IP → new IP.
+            // 5. the ledger: old IP -> new IP, before any traffic: the write notifies every agent
+            // (LISTEN/NOTIFY), which reloads its map within milliseconds; AGENT_PUSH_GRACE covers
+            // that. An agent that misses the push tags the server `unknown` (step 2) until its next
+            // poll, never the old IP.
             record(
                 store,
                 ev(EventKind::Rotated)
@@ -475,6 +482,11 @@ impl Rotator {
                     .detail(json!({"location": location, "sessions_cut": cut, "drain_ms": drain_ms, "same_ip_locations": tried})),
             )
             .await;
+            tokio::time::sleep(AGENT_PUSH_GRACE).await;
+            // 6. ready everywhere.
+            if let Err(e) = self.fleet.set_state(b, s, AdminState::Ready).await {
+                return Err(self.abort(store, plan, fail("ready", e.to_string())).await);
+            }
             tracing::info!(server = %format!("{b}/{s}"), old_ip = ?plan.old_ip, %new_ip, %location, sessions_cut = cut, "rotation complete");
             return Ok(Outcome {
                 plan: plan.clone(),
@@ -533,6 +545,10 @@ impl Rotator {
 
 /// When a server's exit IP last changed.
 type Since = chrono::DateTime<chrono::Utc>;
+
+/// How long the rotator waits between writing the new exit IP and putting the server back in
+/// service: the agents reload on the ledger's notification within milliseconds.
+const AGENT_PUSH_GRACE: Duration = Duration::from_millis(500);
 
 /// Write one event now; a ledger failure is logged, it does not stop the rotation half-way.
 async fn record(store: &Store, event: Event) {
