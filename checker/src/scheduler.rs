@@ -195,6 +195,8 @@ async fn server_loop(ctx: Arc<Ctx>, key: ServerKey, addr: SocketAddr, token: Can
     let mut next_exit_check = Instant::now();
     let mut force_exit_check = false;
     let mut last_ip: Option<IpAddr> = None;
+    // The IP known before an `exit_ip_unknown`: the next check records a change against it.
+    let mut ip_before_unknown: Option<IpAddr> = None;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
@@ -265,7 +267,7 @@ async fn server_loop(ctx: Arc<Ctx>, key: ServerKey, addr: SocketAddr, token: Can
                 reason: class.as_str(),
                 at: Utc::now(),
             });
-            last_ip = None;
+            ip_before_unknown = last_ip.take();
             force_exit_check = true;
         }
         let leak_quarantined = matches!(
@@ -286,7 +288,7 @@ async fn server_loop(ctx: Arc<Ctx>, key: ServerKey, addr: SocketAddr, token: Can
                     .unwrap_or(interval);
                 next_exit_check = Instant::now() + exit_interval;
                 force_exit_check = false;
-                outcome = exit_ip_outcome(&ctx, &key, result, &mut last_ip);
+                outcome = exit_ip_outcome(&ctx, &key, result, &mut last_ip, &mut ip_before_unknown);
             }
         }
         drop(permit);
@@ -323,6 +325,7 @@ fn exit_ip_outcome(
     key: &ServerKey,
     result: Result<IpAddr, FailureClass>,
     last_ip: &mut Option<IpAddr>,
+    ip_before_unknown: &mut Option<IpAddr>,
 ) -> Outcome {
     let m = &ctx.shared.metrics;
     let ip = match result {
@@ -348,7 +351,16 @@ fn exit_ip_outcome(
         return Outcome::Failure(FailureClass::ExitIpLeak);
     }
     m.exit_ip_checks.with_label_values(&["ok"]).inc();
-    match *last_ip {
+    // After an `exit_ip_unknown`, the IP known before it: a different IP is a change, the same one
+    // is observed again (which ends the unknown state in the agents).
+    let after_unknown = last_ip.is_none() && ip_before_unknown.is_some();
+    match last_ip.or(ip_before_unknown.take()) {
+        Some(old) if old == ip && after_unknown => ctx.observer.on_exit_ip(&ExitIpEvent::Observed {
+            backend: key.backend.clone(),
+            server: key.server.clone(),
+            ip,
+            at,
+        }),
         None => ctx.observer.on_exit_ip(&ExitIpEvent::Observed {
             backend: key.backend.clone(),
             server: key.server.clone(),

@@ -58,7 +58,9 @@ pub fn spoa_command(
     cmd.env("EGRESS_HASH_KEY", key_hex)
         .env("EGRESS_DATABASE_URL", database_url)
         .args(["--listen", listen, "--metrics-listen", metrics])
-        .args(["--exit-ips-refresh", "1s", "--attribution-flush-interval", "1s"])
+        // The shipped exit-IP poll (10 s): changes reach the agent by push (LISTEN/NOTIFY), the poll is
+        // the fallback.
+        .args(["--exit-ips-refresh", "10s", "--attribution-flush-interval", "1s"])
         .arg("--spool-path")
         .arg(spool);
     Ok(cmd)

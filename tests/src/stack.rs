@@ -293,6 +293,25 @@ impl LocalStack {
         Ok(http_get(&mut tunnel, &target, "/")?.trim().to_owned())
     }
 
+    /// Kills backend `name`'s tinyproxy (its port then refuses connections).
+    pub fn kill_backend(&mut self, name: &str) -> anyhow::Result<()> {
+        self.backend(name)?.kill();
+        Ok(())
+    }
+
+    /// Starts backend `name`'s tinyproxy again on its port, leaving from `exit` (a new exit IP).
+    pub fn restart_backend(&mut self, name: &str, exit: Ipv4Addr) -> anyhow::Result<()> {
+        self.backend(name)?.restart(exit)
+    }
+
+    fn backend(&mut self, name: &str) -> anyhow::Result<&mut Tinyproxy> {
+        self.proxies
+            .iter_mut()
+            .find(|(_, n, _)| n == name)
+            .map(|(_, _, t)| t)
+            .ok_or_else(|| anyhow::anyhow!("no tinyproxy backend {name} (the relayed one cannot be restarted)"))
+    }
+
     /// Breaks [`FAULT_SERVER`]'s tunnel: its port still accepts TCP (HAProxy's own check stays
     /// green) but nothing answers a CONNECT.
     pub fn break_tunnel(&self) -> anyhow::Result<()> {
