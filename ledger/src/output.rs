@@ -111,6 +111,8 @@ pub fn who_ip_table(rows: &[WhoIpRow]) -> String {
                 r.requests.to_string(),
                 if r.agent_ip_differs {
                     "differs".into()
+                } else if r.agent_ip_unknown {
+                    "unknown".into()
                 } else {
                     String::new()
                 },
@@ -234,6 +236,7 @@ mod tests {
             last_seen: t,
             requests: 3,
             agent_ip_differs: false,
+            agent_ip_unknown: false,
         }];
         let text = who_ip_table(&rows);
         let lines: Vec<&str> = text.lines().collect();

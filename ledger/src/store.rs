@@ -106,8 +106,12 @@ pub struct WhoIpRow {
     pub last_seen: DateTime<Utc>,
     /// Requests in the matching rows (whole windows, not only those inside the asked range).
     pub requests: u64,
-    /// The agent recorded another (or no) exit IP for some of these rows: it had not yet seen the change.
+    /// The agent recorded another exit IP for some of these rows: it had not yet seen the change
+    /// (a stale `exit=` tag in HAProxy's log).
     pub agent_ip_differs: bool,
+    /// The agent recorded no exit IP for some of these rows: it tagged them `exit=unknown` (a
+    /// server it did not know yet, mid-rotation, or whose tunnel had failed). Honest, not stale.
+    pub agent_ip_unknown: bool,
 }
 
 /// One answer to "which servers and exit IPs did client C use between F and T".
@@ -560,17 +564,18 @@ impl Store {
             .map_err(|_| LedgerError::InvalidInput(format!("window {window:?} is too large")))?;
         let (lo, hi) = (at - w, at + w);
         let sql = who_ip_sql();
-        let q = sqlx::query_as::<_, (i64, String, String, DateTime<Utc>, DateTime<Utc>, i64, bool)>(&sql)
-            .bind(ip.to_string())
-            .bind(lo)
-            .bind(hi)
-            .bind(pg_interval(MAX_WINDOW))
-            .bind(MAX_QUERY_ROWS);
+        let q =
+            sqlx::query_as::<_, (i64, String, String, DateTime<Utc>, DateTime<Utc>, i64, bool, bool)>(&sql)
+                .bind(ip.to_string())
+                .bind(lo)
+                .bind(hi)
+                .bind(pg_interval(MAX_WINDOW))
+                .bind(MAX_QUERY_ROWS);
         let rows = self.bounded(q.fetch_all(&self.pool)).await?;
         Ok(rows
             .into_iter()
             .map(
-                |(h, backend, server, first_seen, last_seen, requests, differs)| WhoIpRow {
+                |(h, backend, server, first_seen, last_seen, requests, differs, unknown)| WhoIpRow {
                     client_hash: ClientHash(h as u64),
                     backend,
                     server,
@@ -579,6 +584,7 @@ impl Store {
                     last_seen,
                     requests: u64::try_from(requests).unwrap_or(0),
                     agent_ip_differs: differs,
+                    agent_ip_unknown: unknown,
                 },
             )
             .collect())
@@ -726,7 +732,7 @@ pub fn who_ip_sql() -> String {
                         AND e.kind IN {IP_KINDS} AND e.at <= a.first_seen)
              )
              SELECT client_hash, backend, server, min(first_seen), max(last_seen), sum(requests)::int8,
-                    bool_or(exit_ip IS DISTINCT FROM $1::inet)
+                    bool_or(exit_ip IS NOT NULL AND exit_ip <> $1::inet), bool_or(exit_ip IS NULL)
              FROM hits GROUP BY client_hash, backend, server
              ORDER BY min(first_seen), backend, server, client_hash
              LIMIT $5"

@@ -307,6 +307,30 @@ async fn who_joins_attribution_to_the_timeline() -> anyhow::Result<()> {
         .await?;
     assert_eq!(hashes(&new_after), vec![3, 2]);
     assert!(new_after[0].agent_ip_differs && !new_after[1].agent_ip_differs);
+    assert!(!new_after[0].agent_ip_unknown && !new_after[1].agent_ip_unknown);
+    // Client 5 right after the rotation, tagged `exit=unknown` by the agent: unknown, not differs.
+    store
+        .upsert_attribution(&[row(
+            5,
+            "s1",
+            None,
+            r + TimeDelta::seconds(7),
+            r + TimeDelta::seconds(8),
+            1,
+        )])
+        .await?;
+    let with_unknown = store
+        .who_ip(
+            ip("203.0.113.2"),
+            r + TimeDelta::seconds(5),
+            Duration::from_secs(30),
+        )
+        .await?;
+    let c5 = with_unknown
+        .iter()
+        .find(|w| w.client_hash.0 == 5)
+        .expect("client 5");
+    assert!(c5.agent_ip_unknown && !c5.agent_ip_differs, "{c5:?}");
     let wide = store
         .who_ip(ip("203.0.113.1"), r, Duration::from_secs(300))
         .await?;

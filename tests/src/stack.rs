@@ -309,7 +309,9 @@ impl LocalStack {
             .iter_mut()
             .find(|(_, n, _)| n == name)
             .map(|(_, _, t)| t)
-            .ok_or_else(|| anyhow::anyhow!("no tinyproxy backend {name} (the relayed one cannot be restarted)"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("no tinyproxy backend {name} (the relayed one cannot be restarted)")
+            })
     }
 
     /// Breaks [`FAULT_SERVER`]'s tunnel: its port still accepts TCP (HAProxy's own check stays

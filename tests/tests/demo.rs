@@ -167,6 +167,9 @@ fn ci_mode_runs_every_step_and_stops_everything() -> anyhow::Result<()> {
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
+    // Every exit tag was right from the first request: `who` never reports the agent's IP as
+    // differing from the ledger's (a stale tag).
+    assert!(!out.contains("differs"), "`who` found a stale exit tag:\n{out}");
     // The fallback lands on another server than the primary.
     let fallback = out
         .lines()

@@ -76,7 +76,10 @@ fn traffic(front: SocketAddr, echo: SocketAddr, client: Ipv4Addr, stop: Arc<Atom
             let (code, mut tunnel) = connect_request_with(stream, &target, "")?;
             if code == 200 {
                 let exit = http_get(&mut tunnel, &target, "/")?;
-                truth.lock().unwrap_or_else(|e| e.into_inner()).insert((client, port), exit.trim().to_owned());
+                truth
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((client, port), exit.trim().to_owned());
             }
             Ok(())
         })();
@@ -99,7 +102,10 @@ fn rotate(stack: &mut LocalStack, config: &Path, dir: &Path, server: &str) -> an
     let req = dir.join(format!("req.{server}"));
     let deadline = Instant::now() + Duration::from_secs(90);
     while !run.is_finished() {
-        anyhow::ensure!(Instant::now() < deadline, "rotation of {server} did not end in 90 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rotation of {server} did not end in 90 s"
+        );
         if let Ok(location) = std::fs::read_to_string(&req) {
             let _ = std::fs::remove_file(&req);
             let answer = match location.trim().parse::<Ipv4Addr>() {
@@ -113,7 +119,9 @@ fn rotate(stack: &mut LocalStack, config: &Path, dir: &Path, server: &str) -> an
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = run.join().map_err(|_| anyhow::anyhow!("rotate thread panicked"))??;
+    let out = run
+        .join()
+        .map_err(|_| anyhow::anyhow!("rotate thread panicked"))??;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -165,7 +173,8 @@ fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<
     let threads: Vec<_> = clients
         .iter()
         .map(|c| {
-            let (front, echo, c, stop, truth) = (stack.front(), stack.echo_addr(), *c, stop.clone(), truth.clone());
+            let (front, echo, c, stop, truth) =
+                (stack.front(), stack.echo_addr(), *c, stop.clone(), truth.clone());
             std::thread::spawn(move || traffic(front, echo, c, stop, truth))
         })
         .collect();
@@ -236,7 +245,10 @@ fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<
             }
             // The agent did not answer within the shipped 15 ms budget: HAProxy failed open.
             "-" => untagged += 1,
-            _ => stale.push(format!("{}:{} via {server}: tagged {tag}, left from {ip}", key.0, key.1)),
+            _ => stale.push(format!(
+                "{}:{} via {server}: tagged {tag}, left from {ip}",
+                key.0, key.1
+            )),
         }
     }
     let missing = truth.keys().filter(|k| !tags.contains_key(k)).count();
@@ -250,9 +262,17 @@ fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<
     println!(
         "  agent reloads: push {}, reconnect {}, poll {}, unknown-server {}",
         metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"push\""]),
-        metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"reconnect\""]),
+        metric(
+            &stack,
+            "egress_spoa_exit_ip_reloads_total",
+            &["cause=\"reconnect\""]
+        ),
         metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"poll\""]),
-        metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"unknown-server\""]),
+        metric(
+            &stack,
+            "egress_spoa_exit_ip_reloads_total",
+            &["cause=\"unknown-server\""]
+        ),
     );
     assert!(logged, "{missing} requests have no log line");
     assert!(stale.is_empty(), "stale exit tags:\n{}", stale.join("\n"));
@@ -265,11 +285,39 @@ fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<
     // The new IPs were tagged exactly, not only as unknown: the agent learnt them.
     for ip in ["127.0.0.33"] {
         assert!(
-            truth.iter().any(|(k, t)| t == ip && tags.get(k).is_some_and(|(tag, _)| tag == ip)),
+            truth
+                .iter()
+                .any(|(k, t)| t == ip && tags.get(k).is_some_and(|(tag, _)| tag == ip)),
             "no request through {ip} was tagged with it"
         );
     }
     assert!(metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"push\""]) > 0.0);
+
+    // The ledger tells g02's story: its failed probes made the IP unknown, the next check after
+    // its return recorded the change against the IP known before.
+    let history: serde_json::Value =
+        serde_json::from_str(&stack.cli(&["history", "egress/g02", "--since", "1h", "--json"])?)?;
+    let kinds: Vec<(String, String)> = history
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap_or_default().to_owned(),
+                        e["new_ip"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let unknown_at = kinds.iter().position(|(k, _)| k == "exit_ip_unknown");
+    let changed_at = kinds
+        .iter()
+        .position(|(k, ip)| k == "exit_ip_changed" && ip == "127.0.0.33");
+    assert!(
+        matches!((unknown_at, changed_at), (Some(u), Some(c)) if u < c),
+        "egress/g02 history: {kinds:?}"
+    );
 
     // `who` never finds the agent's tag differing from the ledger's timeline.
     let mut ips: Vec<&String> = truth.values().collect();
@@ -283,7 +331,10 @@ fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<
             .as_array()
             .map(|a| a.iter().filter(|r| r["agent_ip_differs"] == true).collect())
             .unwrap_or_default();
-        assert!(differs.is_empty(), "who --ip {ip}: AGENT IP differs in {differs:?}");
+        assert!(
+            differs.is_empty(),
+            "who --ip {ip}: AGENT IP differs in {differs:?}"
+        );
     }
     Ok(())
 }
@@ -304,7 +355,9 @@ fn the_poll_brings_changes_no_notification_announced_and_the_listener_reconnects
             .and_then(|r| r.split(' ').next())
             .map(str::to_owned)
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let sql = |statements: &[&str]| -> anyhow::Result<()> {
         rt.block_on(async {
             use sqlx::Connection as _;
@@ -326,13 +379,26 @@ fn the_poll_brings_changes_no_notification_announced_and_the_listener_reconnects
     let t = Instant::now();
     sql(&["SET session_replication_role = replica", &event("192.0.2.44")])?;
     let polled = wait_until(Duration::from_secs(15), || {
-        stack.request(client, false).is_ok() && wait_until(Duration::from_secs(1), || tag_of_last(&stack).is_some()) && tag_of_last(&stack).as_deref() == Some("192.0.2.44")
+        stack.request(client, false).is_ok()
+            && wait_until(Duration::from_secs(1), || tag_of_last(&stack).is_some())
+            && tag_of_last(&stack).as_deref() == Some("192.0.2.44")
     });
-    println!("POLL without a notification: the agent tagged the new IP after {:.1?}", t.elapsed());
-    assert!(polled, "the poll never brought 192.0.2.44: {:?}", tag_of_last(&stack));
+    println!(
+        "POLL without a notification: the agent tagged the new IP after {:.1?}",
+        t.elapsed()
+    );
+    assert!(
+        polled,
+        "the poll never brought 192.0.2.44: {:?}",
+        tag_of_last(&stack)
+    );
 
     // 2. The listener's connection is killed: it reconnects (and reloads), and pushes work again.
-    let reconnects = metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"reconnect\""]);
+    let reconnects = metric(
+        &stack,
+        "egress_spoa_exit_ip_reloads_total",
+        &["cause=\"reconnect\""],
+    );
     sql(&["SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"])?;
     assert!(
         wait_until(Duration::from_secs(20), || metric(
@@ -358,9 +424,15 @@ fn the_poll_brings_changes_no_notification_announced_and_the_listener_reconnects
     );
     assert!(reload_seen, "no push reload");
     let pushed = wait_until(Duration::from_secs(5), || {
-        stack.request(client, false).is_ok() && wait_until(Duration::from_secs(1), || tag_of_last(&stack).as_deref() == Some("192.0.2.45"))
+        stack.request(client, false).is_ok()
+            && wait_until(Duration::from_secs(1), || {
+                tag_of_last(&stack).as_deref() == Some("192.0.2.45")
+            })
     });
-    println!("PUSH after the listener reconnected: the agent tagged the new IP after {:.1?}", t.elapsed());
+    println!(
+        "PUSH after the listener reconnected: the agent tagged the new IP after {:.1?}",
+        t.elapsed()
+    );
     assert!(pushed, "no push after the reconnect: {:?}", tag_of_last(&stack));
     Ok(())
 }
