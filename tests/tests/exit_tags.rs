@@ -282,8 +282,8 @@ fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<
         "{untagged} of {} requests untagged",
         truth.len()
     );
-    // The new IPs were tagged exactly, not only as unknown: the agent learnt them.
-    for ip in ["127.0.0.33"] {
+    // The new IPs (both rotations, the self-restart) were tagged exactly, not only as unknown.
+    for ip in ["127.0.0.21", "127.0.0.22", "127.0.0.33"] {
         assert!(
             truth
                 .iter()
