@@ -59,12 +59,24 @@ pub struct Haproxy {
     config_path: PathBuf,
     ports: Vec<u16>,
     dir: Arc<HarnessDir>,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
 }
 
 impl Haproxy {
     /// Renders the placeholders, checks the config with `haproxy -c`, starts HAProxy and waits until
     /// its runtime API answers `show info`.
     pub fn start(config_text: &str) -> anyhow::Result<Haproxy> {
+        Self::start_with(config_text, None)
+    }
+
+    /// As [`Haproxy::start`], inside the network namespace `netns` (see [`crate::netns`]); the
+    /// runtime API is a Unix socket, reachable from the test as usual.
+    pub fn start_in(config_text: &str, netns: &str) -> anyhow::Result<Haproxy> {
+        Self::start_with(config_text, Some(netns))
+    }
+
+    fn start_with(config_text: &str, netns: Option<&str>) -> anyhow::Result<Haproxy> {
         anyhow::ensure!(
             config_text.contains("{{RUNTIME_SOCKET}}"),
             "the HAProxy config must declare `stats socket {{{{RUNTIME_SOCKET}}}} mode 600 level admin` \
@@ -97,12 +109,13 @@ impl Haproxy {
             }
             check(&bin, &config_path, &dir, true)?;
             let _ = std::fs::remove_file(&socket);
-            let mut child = spawn(&bin, &config_path, &dir, None)?;
+            let mut child = spawn(&bin, &config_path, &dir, None, netns)?;
             let ready = crate::wait_until(START_TIMEOUT, || {
                 !child.is_running() || send(&socket, "show info").is_ok()
             });
             if ready && child.is_running() {
                 return Ok(Haproxy {
+                    netns: netns.map(str::to_owned),
                     child,
                     earlier_logs: String::new(),
                     socket,
@@ -188,7 +201,13 @@ impl Haproxy {
         let bin = haproxy_program()?;
         check(&bin, &self.config_path, &self.dir, false)?;
         let old_pid = self.child.pid();
-        let mut child = spawn(&bin, &self.config_path, &self.dir, Some(old_pid))?;
+        let mut child = spawn(
+            &bin,
+            &self.config_path,
+            &self.dir,
+            Some(old_pid),
+            self.netns.as_deref(),
+        )?;
         let new_pid = child.pid();
         // The old process's socket answers until the new one has replaced it: wait for the new pid.
         let ready = crate::wait_until(START_TIMEOUT, || {
@@ -208,6 +227,11 @@ impl Haproxy {
         Ok(())
     }
 
+    /// SIGKILLs HAProxy, as a crash: its listeners are gone at once.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
     /// Whether HAProxy is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.is_running()
@@ -220,8 +244,16 @@ fn spawn(
     config: &Path,
     dir: &Arc<HarnessDir>,
     replaces: Option<u32>,
+    netns: Option<&str>,
 ) -> anyhow::Result<ManagedChild> {
-    let mut cmd = Command::new(bin);
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.arg("-db").arg("-f").arg(config).current_dir(dir.path());
     if let Some(pid) = replaces {
         cmd.arg("-sf").arg(pid.to_string());

@@ -25,6 +25,7 @@ pub mod entry;
 pub mod fault;
 pub mod haproxy;
 pub mod http_util;
+pub mod netns;
 pub mod ports;
 pub mod postgres;
 pub mod process;

@@ -28,6 +28,10 @@ pub struct Tinyproxy {
     bin: PathBuf,
     port: u16,
     bind: Ipv4Addr,
+    /// The listening address (127.0.0.1 unless started in a namespace).
+    listen: Ipv4Addr,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    netns: Option<String>,
     dir: Arc<HarnessDir>,
 }
 
@@ -35,6 +39,17 @@ impl Tinyproxy {
     /// Starts a tinyproxy listening on 127.0.0.1:<ephemeral> whose outgoing connections leave from
     /// `bind` (any 127.0.0.0/8 address).
     pub fn start(bind: Ipv4Addr) -> anyhow::Result<Tinyproxy> {
+        Self::start_with(None, Ipv4Addr::LOCALHOST, bind)
+    }
+
+    /// Starts a tinyproxy inside the network namespace `netns` (see [`crate::netns`]), listening on
+    /// `listen` and leaving from `bind`, both addresses of that namespace. It accepts any client
+    /// there: the namespace's segment has no route out.
+    pub fn start_in(netns: &str, listen: Ipv4Addr, bind: Ipv4Addr) -> anyhow::Result<Tinyproxy> {
+        Self::start_with(Some(netns.to_owned()), listen, bind)
+    }
+
+    fn start_with(netns: Option<String>, listen: Ipv4Addr, bind: Ipv4Addr) -> anyhow::Result<Tinyproxy> {
         let bin = find_program("tinyproxy", "tinyproxy")?;
         let dir = Arc::new(HarnessDir::new("tinyproxy")?);
         let mut proxy = Tinyproxy {
@@ -42,6 +57,8 @@ impl Tinyproxy {
             bin,
             port: 0,
             bind,
+            listen,
+            netns,
             dir,
         };
         for attempt in 1..=5 {
@@ -55,9 +72,9 @@ impl Tinyproxy {
         anyhow::bail!("tinyproxy: no free port after 5 attempts")
     }
 
-    /// The proxy's listening address (127.0.0.1:<port>).
+    /// The proxy's listening address (127.0.0.1:<port>, or its namespace address).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::from((self.listen, self.port))
     }
 
     /// The outgoing source address (`Bind`).
@@ -109,15 +126,29 @@ impl Tinyproxy {
     fn launch(&mut self) -> anyhow::Result<()> {
         let config = self.dir.path().join("tinyproxy.conf");
         // No ConnectPort lines: CONNECT to any port is allowed. No PidFile: the harness owns the pid.
+        // In a namespace, no Allow line: any client of the isolated segment may use it.
+        let allow = if self.netns.is_some() {
+            ""
+        } else {
+            "Allow 127.0.0.0/8\n"
+        };
         let text = format!(
-            "Port {port}\nListen 127.0.0.1\nBind {bind}\nAllow 127.0.0.0/8\nTimeout 60\nMaxClients 512\n\
+            "Port {port}\nListen {listen}\nBind {bind}\n{allow}Timeout 60\nMaxClients 512\n\
              LogLevel Info\nDisableViaHeader Yes\n",
             port = self.port,
+            listen = self.listen,
             bind = self.bind
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log_before = self.logs().len();
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("-d").arg("-c").arg(&config);
         let mut child = ChildSpec::new("tinyproxy", cmd)
             .grace(Duration::from_secs(2))
