@@ -50,6 +50,9 @@ pub struct EntryPolicy {
     pub users: Vec<User>,
     /// `(from, to)`: when every server of backend `from` is down, its requests go to `to`.
     pub fallbacks: Vec<(String, String)>,
+    /// Networks of the L4 load balancers in front, whose connections carry a PROXY protocol header
+    /// (v1 or v2) with the real client address.
+    pub proxy_from: Vec<String>,
 }
 
 fn valid_net(s: &str) -> bool {
@@ -169,6 +172,13 @@ impl EntryPolicy {
                         groups,
                     });
                 }
+                ["proxy-protocol-from", net] => {
+                    anyhow::ensure!(
+                        valid_net(net),
+                        "entry line {n}: {net:?} is not an address or network"
+                    );
+                    p.proxy_from.push((*net).to_owned());
+                }
                 ["fallback", from, to] => {
                     anyhow::ensure!(
                         valid_name(from) && valid_name(to) && from != to,
@@ -207,6 +217,7 @@ impl EntryPolicy {
             auth: false,
             users: Vec::new(),
             fallbacks: Vec::new(),
+            proxy_from: Vec::new(),
         }
     }
 
@@ -249,6 +260,21 @@ impl EntryPolicy {
         format!(
             "    acl egress_decided var(txn.egress_dst) -m str {}\n",
             self.exceptions.join(" ")
+        )
+    }
+
+    /// The lines of `@@ENTRY_PROXY_PROTOCOL@@`.
+    pub fn proxy_protocol_lines(&self) -> String {
+        if self.proxy_from.is_empty() {
+            return "    # (no PROXY protocol: haproxy/entry.txt lists no `proxy-protocol-from`)\n"
+                .to_owned();
+        }
+        format!(
+            "    # PROXY protocol from the L4 load balancers in front (haproxy/entry.txt): their connections\n    \
+             # must start with a PROXY header, whose client address becomes `src` (the allow-list, the log\n    \
+             # and the hash the ledger records). Nobody else can claim an address.\n    \
+             tcp-request connection expect-proxy layer4 if {{ src {} }}\n",
+            self.proxy_from.join(" ")
         )
     }
 
@@ -330,12 +356,17 @@ mod tests {
     fn parses_the_directives_and_refuses_what_would_be_unsafe() {
         let p = EntryPolicy::parse(
             "client 127.0.0.0/8\nclient ::1\nclient 10.0.0.0/8 k8s # pods\nconnect-port 443\nhttp-port 80\n\
-             allow Echo.test:8080\nauth on\nuser alice $6$x$y kr,ops\nfallback egress_kr egress\n",
+             allow Echo.test:8080\nauth on\nuser alice $6$x$y kr,ops\nfallback egress_kr egress\n\
+             proxy-protocol-from 10.1.0.0/16\n",
         )
         .unwrap();
         assert_eq!(p.client_nets("vm"), "127.0.0.0/8 ::1");
         assert_eq!(p.client_nets("k8s"), "127.0.0.0/8 ::1 10.0.0.0/8");
         assert_eq!(p.exceptions, ["echo.test:8080"]);
+        assert!(
+            p.proxy_protocol_lines()
+                .contains("expect-proxy layer4 if { src 10.1.0.0/16 }")
+        );
         assert!(
             p.userlist()
                 .unwrap()
@@ -355,6 +386,7 @@ mod tests {
             "client 127.0.0.1\nconnect-port 443\nallow a\"b:1\n",
             "client 127.0.0.1\nconnect-port 443\nfallback a a\n",
             "client 127.0.0.1\nconnect-port 443\nopen-proxy yes\n",
+            "client 127.0.0.1\nconnect-port 443\nproxy-protocol-from anywhere\n",
         ];
         for text in bad {
             assert!(EntryPolicy::parse(text).is_err(), "{text:?}");

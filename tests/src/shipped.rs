@@ -170,6 +170,7 @@ fn render(
             "@@NAMESERVERS@@" => Some(format!("{}\n", p.nameservers)),
             "@@USERLIST@@" => Some(policy.userlist()?),
             "@@ENTRY_AUTH@@" => Some(policy.auth_lines()),
+            "@@ENTRY_PROXY_PROTOCOL@@" => Some(policy.proxy_protocol_lines()),
             "@@ENTRY_EXCEPTIONS@@" => Some(policy.exception_lines()),
             "@@ENTRY_POOL_BY_GROUP@@" => Some(policy.pool_group_lines()),
             "@@ENTRY_FALLBACK@@" => Some(policy.fallback_lines()?),
