@@ -22,6 +22,7 @@ pub mod dirs;
 pub mod dns;
 pub mod echo;
 pub mod entry;
+pub mod executor;
 pub mod fault;
 pub mod haproxy;
 pub mod http_util;

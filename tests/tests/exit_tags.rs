@@ -28,19 +28,6 @@ use egress_e2e::wait_until;
 /// (client address, client port) -> the exit IP the echo target saw.
 type Truth = Arc<Mutex<HashMap<(Ipv4Addr, u16), String>>>;
 
-/// The rotation executor: hands `<location>` to the test (a request file) and waits for its answer.
-const SCRIPT: &str = r#"#!/bin/sh
-d="$(dirname "$0")"
-echo "$3" > "$d/req.$2.tmp" && mv "$d/req.$2.tmp" "$d/req.$2"
-i=0
-while [ ! -f "$d/done.$2" ]; do
-  sleep 0.05; i=$((i+1))
-  if [ $i -gt 400 ]; then echo "restart of $2 not answered" >&2; exit 1; fi
-done
-answer="$(cat "$d/done.$2")"; rm -f "$d/done.$2"
-[ "$answer" = "ok" ] || { echo "$answer" >&2; exit 1; }
-"#;
-
 fn stack() -> anyhow::Result<LocalStack> {
     let stack = LocalStack::start(&mut |_| {}, &|| false)?;
     anyhow::ensure!(
@@ -99,23 +86,18 @@ fn rotate(stack: &mut LocalStack, config: &Path, dir: &Path, server: &str) -> an
         .env("EGRESS_DATABASE_URL", stack.database_url())
         .env("EGRESS_HASH_KEY", KEY_HEX);
     let run = std::thread::spawn(move || cmd.output());
-    let req = dir.join(format!("req.{server}"));
     let deadline = Instant::now() + Duration::from_secs(90);
     while !run.is_finished() {
         anyhow::ensure!(
             Instant::now() < deadline,
             "rotation of {server} did not end in 90 s"
         );
-        if let Ok(location) = std::fs::read_to_string(&req) {
-            let _ = std::fs::remove_file(&req);
-            let answer = match location.trim().parse::<Ipv4Addr>() {
-                Ok(ip) => match stack.restart_backend(server, ip) {
-                    Ok(()) => "ok".to_owned(),
-                    Err(e) => format!("restart failed: {e:#}"),
-                },
-                Err(_) => format!("bad location {location:?}"),
-            };
-            std::fs::write(dir.join(format!("done.{server}")), answer)?;
+        if let Some(location) = egress_e2e::executor::take_request(dir, server) {
+            let result = location
+                .parse::<Ipv4Addr>()
+                .map_err(|_| anyhow::anyhow!("bad location {location:?}"))
+                .and_then(|ip| stack.restart_backend(server, ip));
+            egress_e2e::executor::answer(dir, server, result)?;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -142,9 +124,7 @@ fn metric(stack: &LocalStack, name: &str, labels: &[&str]) -> f64 {
 fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<()> {
     let mut stack = stack()?;
     let dir = tempfile::tempdir()?;
-    let script = dir.path().join("rotate-backend");
-    std::fs::write(&script, SCRIPT)?;
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let script = egress_e2e::executor::write_script(dir.path())?;
     let sock = stack.haproxy.runtime_socket().display().to_string();
     let config = dir.path().join("rotate.toml");
     std::fs::write(

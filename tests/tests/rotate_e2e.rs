@@ -78,20 +78,6 @@ impl Drop for Rig {
     }
 }
 
-/// The `command` executor: `rotate-backend <backend> <server> <location>` hands the request to the
-/// test's restarter thread and waits (bounded) for its answer.
-const SCRIPT: &str = r#"#!/bin/sh
-d="$(dirname "$0")"
-echo "$3" > "$d/req.$2.tmp" && mv "$d/req.$2.tmp" "$d/req.$2"
-i=0
-while [ ! -f "$d/done.$2" ]; do
-  sleep 0.05; i=$((i+1))
-  if [ $i -gt 400 ]; then echo "restart of $2 not answered" >&2; exit 1; fi
-done
-answer="$(cat "$d/done.$2")"; rm -f "$d/done.$2"
-[ "$answer" = "ok" ] || { echo "$answer" >&2; exit 1; }
-"#;
-
 impl Rig {
     fn start() -> Rig {
         let pg = Postgres::start().expect("postgres");
@@ -101,9 +87,7 @@ impl Rig {
         let s2 = Tinyproxy::start(S2_FIRST).expect("tinyproxy s2");
         let haproxy = Haproxy::start(&haproxy_config(s1.addr(), s2.addr())).expect("haproxy");
         let dir = tempfile::tempdir().expect("tempdir");
-        let script = dir.path().join("rotate-backend");
-        std::fs::write(&script, SCRIPT).unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        egress_e2e::executor::write_script(dir.path()).unwrap();
         let proxies = Arc::new(Mutex::new(HashMap::from([
             ("s1".to_owned(), s1),
             ("s2".to_owned(), s2),
@@ -225,21 +209,14 @@ fn rand_suffix() -> u64 {
 fn restarter(dir: &Path, proxies: &Mutex<HashMap<String, Tinyproxy>>, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         for server in ["s1", "s2"] {
-            let req = dir.join(format!("req.{server}"));
-            let Ok(location) = std::fs::read_to_string(&req) else {
+            let Some(location) = egress_e2e::executor::take_request(dir, server) else {
                 continue;
             };
-            let _ = std::fs::remove_file(&req);
-            let answer = match location.trim().parse::<Ipv4Addr>() {
-                Ok(bind) => match proxies.lock().unwrap().get_mut(server).unwrap().restart(bind) {
-                    Ok(()) => "ok".to_owned(),
-                    Err(e) => format!("restart failed: {e:#}"),
-                },
-                Err(_) => format!("bad location {location:?}"),
-            };
-            let tmp = dir.join(format!("done.{server}.tmp"));
-            std::fs::write(&tmp, answer).unwrap();
-            std::fs::rename(&tmp, dir.join(format!("done.{server}"))).unwrap();
+            let result = location
+                .parse::<Ipv4Addr>()
+                .map_err(|_| anyhow::anyhow!("bad location {location:?}"))
+                .and_then(|bind| proxies.lock().unwrap().get_mut(server).unwrap().restart(bind));
+            egress_e2e::executor::answer(dir, server, result).unwrap();
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -698,9 +675,7 @@ listen {BACKEND}
     );
     let haproxy = Haproxy::start(&cfg).expect("haproxy");
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("rotate-backend");
-    std::fs::write(&script, SCRIPT).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = egress_e2e::executor::write_script(dir.path()).unwrap();
     let config = dir.path().join("checker.toml");
     std::fs::write(
         &config,

@@ -17,8 +17,13 @@ pub const DEFAULT_LOCK_KEY: i64 = 0x6567_7273_726f_7431;
 #[serde(deny_unknown_fields)]
 pub struct RotationConfig {
     /// Every HAProxy instance's admin socket (`unix:/path` or `tcp:ip:port`): a rotation drains the
-    /// server on all of them and stops before changing anything if one cannot be reached.
+    /// server on all of them and stops before changing anything if one cannot be reached. With
+    /// `[rotation.discovery]`, the discovered replicas are added to these (which may then be empty).
+    #[serde(default)]
     pub instances: Vec<String>,
+    /// Find the HAProxy replicas on Kubernetes at every rotation: `[rotation.discovery]`.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
     /// Deadline of one runtime-API command.
     #[serde(default = "d_command", deserialize_with = "duration")]
     pub command_timeout: Duration,
@@ -51,6 +56,27 @@ pub struct RotationConfig {
     /// `--database-url`.
     #[serde(skip)]
     pub database_url: Option<SecretUrl>,
+}
+
+/// `[rotation.discovery]`: the HAProxy replicas are the pods matching `selector` in `namespace`,
+/// each with its runtime API on `tcp:<pod IP>:<port>`; read from the Kubernetes API at every
+/// rotation (and every self-healing round). A rotation refuses to start while a matching pod is not
+/// Ready (its HAProxy would keep the old state).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Label selector of the HAProxy pods, e.g. `app.kubernetes.io/name=haproxy-egress`.
+    pub selector: String,
+    /// The runtime API's TCP port in each pod (`stats socket ipv4@0.0.0.0:<port> level admin`).
+    pub port: u16,
+    /// The pods' namespace; default: the service account's namespace in a pod, else the
+    /// kubeconfig context's.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The API server (`http(s)://host:port`), without credentials; default: in-cluster, else the
+    /// kubeconfig. For tests and `kubectl proxy`.
+    #[serde(default)]
+    pub api_url: Option<String>,
 }
 
 /// A database URL whose `Debug` hides the password.
@@ -266,8 +292,16 @@ impl RotationConfig {
     /// Every problem, in words an operator can act on.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if self.instances.is_empty() {
-            p.push("rotation.instances: list every HAProxy admin socket (unix:/path or tcp:ip:port)".into());
+        if self.instances.is_empty() && self.discovery.is_none() {
+            p.push("rotation.instances: list every HAProxy admin socket (unix:/path or tcp:ip:port), or configure [rotation.discovery]".into());
+        }
+        if let Some(d) = &self.discovery {
+            if d.selector.trim().is_empty() || d.selector.chars().any(char::is_whitespace) {
+                p.push("rotation.discovery.selector: a label selector such as app.kubernetes.io/name=haproxy-egress".into());
+            }
+            if d.port == 0 {
+                p.push("rotation.discovery.port: the runtime API's TCP port in each HAProxy pod".into());
+            }
         }
         for (i, a) in self.instances.iter().enumerate() {
             if let Err(e) = RuntimeApiAddr::parse(a) {

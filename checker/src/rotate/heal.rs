@@ -91,7 +91,14 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let first = &rotator.fleet.instances()[0];
+        let fleet = match rotator.current_fleet().await {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::warn!(%error, "self-healing: cannot find the HAProxy instances");
+                continue;
+            }
+        };
+        let first = &fleet.instances()[0];
         let rows = match first.show_stat().await {
             Ok(r) => r,
             Err(error) => {

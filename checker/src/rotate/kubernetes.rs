@@ -22,6 +22,77 @@ use super::config::KubernetesExecutorConfig;
 /// Deadline of one API request (the whole restart has `rotation.restart_timeout`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A Kubernetes client for `api_url` (default: in-cluster, else the kubeconfig) and the namespace
+/// to use (`namespace`, else the service account's or the kubeconfig context's).
+pub(crate) async fn kube_client(
+    api_url: Option<&str>,
+    namespace: Option<&str>,
+) -> Result<(kube::Client, String), String> {
+    let mut config = match api_url {
+        Some(url) => {
+            let uri = url
+                .parse::<http::Uri>()
+                .map_err(|e| format!("Kubernetes API URL {url:?}: {e}"))?;
+            kube::Config::new(uri)
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no Kubernetes API access (neither an in-cluster service account nor a kubeconfig): {e}")
+        })?,
+    };
+    config.connect_timeout = Some(REQUEST_TIMEOUT);
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    let namespace = namespace.map_or_else(|| config.default_namespace.clone(), str::to_owned);
+    let client = kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+    Ok((client, namespace))
+}
+
+/// The HAProxy replicas of `[rotation.discovery]`: every pod matching the selector, each of which
+/// must be Ready with an IP (a rotation that skipped one would leave its HAProxy behind).
+pub async fn discover_instances(
+    cfg: &super::config::DiscoveryConfig,
+) -> Result<Vec<crate::config::RuntimeApiAddr>, String> {
+    let (client, ns) = kube_client(cfg.api_url.as_deref(), cfg.namespace.as_deref()).await?;
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let list = pods
+        .list(&ListParams::default().labels(&cfg.selector))
+        .await
+        .map_err(|e| format!("listing pods {ns}/{}: {}", cfg.selector, api_error(&e)))?;
+    let mut out = Vec::new();
+    let mut not_ready = Vec::new();
+    for pod in list.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            // Terminating: it takes no new connection and is gone before the rotation ends.
+            continue;
+        }
+        let status = pod.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ip = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        match (ready, ip) {
+            (true, Some(ip)) => out.push(crate::config::RuntimeApiAddr::Tcp(std::net::SocketAddr::new(
+                ip, cfg.port,
+            ))),
+            _ => not_ready.push(name),
+        }
+    }
+    if !not_ready.is_empty() {
+        return Err(format!(
+            "HAProxy replica(s) {} in {ns} not Ready: refusing to rotate while a replica cannot follow",
+            not_ready.join(", ")
+        ));
+    }
+    if out.is_empty() {
+        return Err(format!("no HAProxy pod in {ns} matches {}", cfg.selector));
+    }
+    out.sort_by_key(|a| format!("{a:?}"));
+    Ok(out)
+}
+
 /// The kubernetes executor: configuration and a client created on first use.
 #[derive(Clone)]
 pub struct KubernetesExecutor {
@@ -65,32 +136,7 @@ impl KubernetesExecutor {
 
     async fn client(&self) -> Result<&(kube::Client, String), String> {
         self.client
-            .get_or_try_init(|| async {
-                let mut config = match &self.cfg.api_url {
-                    Some(url) => {
-                        let uri = url
-                            .parse::<http::Uri>()
-                            .map_err(|e| format!("rotation.executor.api_url {url:?}: {e}"))?;
-                        kube::Config::new(uri)
-                    }
-                    None => kube::Config::infer().await.map_err(|e| {
-                        format!(
-                            "no Kubernetes API access (neither an in-cluster service account nor a kubeconfig): {e}"
-                        )
-                    })?,
-                };
-                config.connect_timeout = Some(REQUEST_TIMEOUT);
-                config.read_timeout = Some(REQUEST_TIMEOUT);
-                config.write_timeout = Some(REQUEST_TIMEOUT);
-                let namespace = self
-                    .cfg
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| config.default_namespace.clone());
-                let client = kube::Client::try_from(config)
-                    .map_err(|e| format!("Kubernetes client: {e}"))?;
-                Ok((client, namespace))
-            })
+            .get_or_try_init(|| kube_client(self.cfg.api_url.as_deref(), self.cfg.namespace.as_deref()))
             .await
     }
 

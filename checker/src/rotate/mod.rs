@@ -74,6 +74,9 @@ pub struct Plan {
     pub instances: Vec<String>,
     /// The first executor invocation.
     pub executor: String,
+    /// The instances themselves (configured, and discovered when planning).
+    #[serde(skip_serializing)]
+    pub fleet: Fleet,
 }
 
 /// The result of a completed rotation.
@@ -145,12 +148,31 @@ impl Rotator {
         })
     }
 
+    /// The HAProxy instances now: the configured ones, and the replicas `[rotation.discovery]`
+    /// finds (every one Ready, or an error).
+    pub async fn current_fleet(&self) -> Result<Fleet, RotateError> {
+        let Some(d) = &self.cfg.discovery else {
+            return Ok(self.fleet.clone());
+        };
+        let found = kubernetes::discover_instances(d)
+            .await
+            .map_err(|e| RotateError::Invalid(format!("rotation.discovery: {e}")))?;
+        let mut instances = self.fleet.instances().to_vec();
+        for addr in found {
+            if !instances.iter().any(|i| i.addr() == &addr) {
+                instances.push(RuntimeApi::new(addr, self.cfg.command_timeout));
+            }
+        }
+        Ok(Fleet::new(instances))
+    }
+
     /// Resolve `target`, check every instance and input, and work out the plan. Changes nothing.
     pub async fn plan(&self, target: &Target) -> Result<Plan, RotateError> {
+        let fleet = self.current_fleet().await?;
         let (backend, server, to) = match target {
             Target::Server { backend, server, to } => (backend.clone(), server.clone(), to.clone()),
             Target::Next => {
-                let (b, s) = self.pick_next().await?;
+                let (b, s) = self.pick_next(&fleet).await?;
                 (b, s, None)
             }
         };
@@ -179,7 +201,7 @@ impl Rotator {
                 )));
             }
         }
-        self.fleet
+        fleet
             .preflight(&backend, &server)
             .await
             .map_err(|e| RotateError::Invalid(format!("cannot rotate {key}: {e}")))?;
@@ -187,7 +209,7 @@ impl Rotator {
             .preflight(&backend, &server)
             .await
             .map_err(|e| RotateError::Invalid(format!("cannot rotate {key}: {e}")))?;
-        let row = self.fleet.instances()[0]
+        let row = fleet.instances()[0]
             .server_state(&backend, &server)
             .await
             .map_err(|e| RotateError::Invalid(format!("cannot rotate {key}: {e}")))?
@@ -213,13 +235,13 @@ impl Rotator {
             old_ip,
             old_ip_probed,
             locations,
-            instances: self
-                .fleet
+            instances: fleet
                 .instances()
                 .iter()
                 .map(|i| crate::runtime_api::describe(i.addr()))
                 .collect(),
             executor,
+            fleet,
         })
     }
 
@@ -250,7 +272,7 @@ impl Rotator {
 
     /// The longest-quarantined server (DOWN or MAINT on the first instance, largest `lastchg`), else
     /// the server whose exit IP is oldest in the ledger (never seen first).
-    async fn pick_next(&self) -> Result<(String, String), RotateError> {
+    async fn pick_next(&self, fleet: &Fleet) -> Result<(String, String), RotateError> {
         let candidates: Vec<(String, String)> = self
             .cfg
             .locations
@@ -258,7 +280,7 @@ impl Rotator {
             .filter_map(|k| k.split_once('/'))
             .map(|(b, s)| (b.to_owned(), s.to_owned()))
             .collect();
-        let first = &self.fleet.instances()[0];
+        let first = &fleet.instances()[0];
         let stat = first.show_stat().await.map_err(|e| {
             RotateError::Invalid(format!(
                 "--next: {}: {e}",
@@ -370,7 +392,7 @@ impl Rotator {
         // 1. drain everywhere, wait for scur 0 or the deadline, cut the rest.
         let drain_start = Instant::now();
         let res: Result<(u64, u64), RotateError> = async {
-            self.fleet
+            plan.fleet
                 .set_state(b, s, AdminState::Drain)
                 .await
                 .map_err(|e| fail("drain", e.to_string()))?;
@@ -404,7 +426,7 @@ impl Rotator {
             .await;
             let mut cut = 0;
             if remaining > 0 {
-                self.fleet
+                plan.fleet
                     .shutdown_sessions(b, s)
                     .await
                     .map_err(|e| fail("shutdown sessions", e.to_string()))?;
@@ -419,7 +441,7 @@ impl Rotator {
             }
             // 2. maint everywhere: no traffic, no health checks. From here on the exit IP is not
             // known: the agents tag the server `exit=unknown`, never the old IP, until step 5.
-            self.fleet
+            plan.fleet
                 .set_state(b, s, AdminState::Maint)
                 .await
                 .map_err(|e| fail("maint", e.to_string()))?;
@@ -484,7 +506,7 @@ impl Rotator {
             .await;
             tokio::time::sleep(AGENT_PUSH_GRACE).await;
             // 6. ready everywhere.
-            if let Err(e) = self.fleet.set_state(b, s, AdminState::Ready).await {
+            if let Err(e) = plan.fleet.set_state(b, s, AdminState::Ready).await {
                 return Err(self.abort(store, plan, fail("ready", e.to_string())).await);
             }
             tracing::info!(server = %format!("{b}/{s}"), old_ip = ?plan.old_ip, %new_ip, %location, sessions_cut = cut, "rotation complete");
@@ -530,7 +552,7 @@ impl Rotator {
     /// Leave the server in maint (best effort on every instance) and record why.
     async fn abort(&self, store: &Store, plan: &Plan, err: RotateError) -> RotateError {
         let (b, s) = (plan.backend.as_str(), plan.server.as_str());
-        if let Err(e) = self.fleet.set_state(b, s, AdminState::Maint).await {
+        if let Err(e) = plan.fleet.set_state(b, s, AdminState::Maint).await {
             tracing::error!(error = %e, "could not leave the server in maint");
         }
         let mut e = Event::new(EventKind::RotationFailed, Actor::Rotator, b, s).reason(err.to_string());
