@@ -4,6 +4,7 @@
 
 use egress_ledger::{Actor, Event, EventKind, LedgerHandle};
 
+use crate::leader::Leadership;
 use crate::observer::{ExitIpEvent, LogObserver, TransitionObserver};
 use crate::state::{HealthKind, Transition};
 
@@ -11,12 +12,14 @@ use crate::state::{HealthKind, Transition};
 #[derive(Clone, Debug)]
 pub struct LedgerObserver {
     ledger: LedgerHandle,
+    leader: Leadership,
 }
 
 impl LedgerObserver {
-    /// Write through `ledger`.
-    pub fn new(ledger: LedgerHandle) -> Self {
-        Self { ledger }
+    /// Write through `ledger` while `leader` says this checker is the ledger writer (the other
+    /// replicas only log).
+    pub fn new(ledger: LedgerHandle, leader: Leadership) -> Self {
+        Self { ledger, leader }
     }
 }
 
@@ -37,6 +40,9 @@ pub fn event_kind(from: HealthKind, to: HealthKind) -> Option<EventKind> {
 impl TransitionObserver for LedgerObserver {
     fn on_transition(&self, t: &Transition) {
         LogObserver.on_transition(t);
+        if !self.leader.is_leader() {
+            return;
+        }
         let Some(kind) = event_kind(t.from, t.to) else {
             return;
         };
@@ -55,6 +61,9 @@ impl TransitionObserver for LedgerObserver {
 
     fn on_exit_ip(&self, e: &ExitIpEvent) {
         LogObserver.on_exit_ip(e);
+        if !self.leader.is_leader() {
+            return;
+        }
         let event = match e {
             ExitIpEvent::Observed {
                 backend,

@@ -17,6 +17,7 @@ pub mod agent;
 pub mod backends;
 pub mod config;
 pub mod control;
+pub mod leader;
 pub mod ledger_observer;
 pub mod maint;
 pub mod metrics;
@@ -128,10 +129,13 @@ impl Params {
 /// Run the checker until `shutdown`: probe every backend, keep the quarantine state, and answer
 /// HAProxy's agent checks on `agent_listener`. Metrics are registered on `registry` (serving them is
 /// the caller's job).
+/// `leader` says whether this checker writes the ledger and runs self-healing rotations (several
+/// replicas: one writer, see [`leader`]).
 pub async fn run(
     cfg: Config,
     agent_listener: TcpListener,
     observer: Arc<dyn TransitionObserver>,
+    leader: leader::Leadership,
     registry: &Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -183,6 +187,7 @@ pub async fn run(
         cfg.clone(),
         db_url,
         shared.metrics.clone(),
+        leader,
         shutdown.clone(),
     ));
     tracing::info!(targets = cfg.targets.len(), "egress checker running");

@@ -176,7 +176,12 @@ fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         // The ledger writer outlives the probes: it is stopped only after run() returns, so the
         // last transitions are flushed (or spooled) on the way out.
         let ledger_stop = CancellationToken::new();
-        let (observer, ledger_task): (Arc<dyn TransitionObserver>, _) = match &args.database_url {
+        let writer_gauge = prometheus::IntGauge::new(
+            "egress_checker_ledger_writer",
+            "1 while this checker writes the ledger and runs self-healing rotations (one of several replicas)",
+        )?;
+        registry.register(Box::new(writer_gauge.clone()))?;
+        let (observer, ledger_task, leader): (Arc<dyn TransitionObserver>, _, _) = match &args.database_url {
             Some(url) => {
                 let (handle, task) = LedgerWriter::spawn(
                     WriterConfig::new(url.clone(), args.spool_path.clone()),
@@ -184,15 +189,24 @@ fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
                     ledger_stop.clone(),
                 )
                 .context("start the ledger writer")?;
-                (Arc::new(LedgerObserver::new(handle)), Some(task))
+                // One writer among the replicas: the holder of the ledger-writer lock, a key next
+                // to the rotation lock's (so fleets that share a database keep their own).
+                let key = config
+                    .rotation
+                    .as_ref()
+                    .map_or(egress_checker::rotate::config::DEFAULT_LOCK_KEY, |r| r.lock_key)
+                    .wrapping_add(1);
+                let leader = egress_checker::leader::Leadership::elect(url.clone(), key, writer_gauge, shutdown.clone());
+                (Arc::new(LedgerObserver::new(handle, leader.clone())), Some(task), leader)
             }
             None => {
                 tracing::warn!("no --database-url: transitions are logged, not written to the ledger");
-                (Arc::new(LogObserver), None)
+                writer_gauge.set(1);
+                (Arc::new(LogObserver), None, egress_checker::leader::Leadership::sole())
             }
         };
         let checker = async {
-            let result = egress_checker::run(config, agent, observer, &registry, shutdown.clone()).await;
+            let result = egress_checker::run(config, agent, observer, leader, &registry, shutdown.clone()).await;
             // run() also returns early on a setup error: stop the metrics server with it.
             shutdown.cancel();
             result

@@ -255,7 +255,17 @@ async fn start(cfg: Config, observer: Arc<dyn TransitionObserver>) -> Running {
     let registry = prometheus::Registry::new();
     let token = CancellationToken::new();
     let (r, t) = (registry.clone(), token.clone());
-    let task = tokio::spawn(async move { egress_checker::run(cfg, l, observer, &r, t).await });
+    let task = tokio::spawn(async move {
+        egress_checker::run(
+            cfg,
+            l,
+            observer,
+            egress_checker::leader::Leadership::sole(),
+            &r,
+            t,
+        )
+        .await
+    });
     Running {
         agent,
         registry,

@@ -44,10 +44,12 @@ fn lastchg(r: &StatRow) -> u64 {
 
 /// Run until `shutdown`; returns at once when self-healing is off (no `quarantined_for`) or there is
 /// no ledger (`database_url`): a rotation needs the fleet-wide lock.
+/// Only the ledger writer among several checkers rotates (`leader`).
 pub async fn run(
     cfg: crate::Config,
     database_url: Option<String>,
     metrics: Metrics,
+    leader: crate::leader::Leadership,
     shutdown: CancellationToken,
 ) {
     let Some(rot) = cfg.rotation.clone() else { return };
@@ -90,6 +92,9 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
+        }
+        if !leader.is_leader() {
+            continue;
         }
         let fleet = match rotator.current_fleet().await {
             Ok(f) => f,
