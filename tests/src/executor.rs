@@ -47,3 +47,29 @@ pub fn answer(dir: &Path, server: &str, result: anyhow::Result<()>) -> anyhow::R
     std::fs::rename(&tmp, dir.join(format!("done.{server}")))?;
     Ok(())
 }
+
+/// Serves the request waiting for `server`, if any: the location is the new exit address, and
+/// `restart` makes it so (e.g. a tinyproxy restarted with that `Bind`); its result is the answer.
+pub fn serve_restart(
+    dir: &Path,
+    server: &str,
+    restart: impl FnOnce(std::net::Ipv4Addr) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let Some(location) = take_request(dir, server) else {
+        return Ok(());
+    };
+    let result = location
+        .parse::<std::net::Ipv4Addr>()
+        .map_err(|_| anyhow::anyhow!("bad location {location:?}"))
+        .and_then(restart);
+    answer(dir, server, result)
+}
+
+/// A finished command's stdout then stderr, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

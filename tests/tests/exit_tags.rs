@@ -92,23 +92,13 @@ fn rotate(stack: &mut LocalStack, config: &Path, dir: &Path, server: &str) -> an
             Instant::now() < deadline,
             "rotation of {server} did not end in 90 s"
         );
-        if let Some(location) = egress_e2e::executor::take_request(dir, server) {
-            let result = location
-                .parse::<Ipv4Addr>()
-                .map_err(|_| anyhow::anyhow!("bad location {location:?}"))
-                .and_then(|ip| stack.restart_backend(server, ip));
-            egress_e2e::executor::answer(dir, server, result)?;
-        }
+        egress_e2e::executor::serve_restart(dir, server, |ip| stack.restart_backend(server, ip))?;
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = run
         .join()
         .map_err(|_| anyhow::anyhow!("rotate thread panicked"))??;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = egress_e2e::executor::output_text(&out);
     anyhow::ensure!(out.status.success(), "rotate egress/{server} failed:\n{text}");
     Ok(text)
 }

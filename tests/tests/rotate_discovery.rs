@@ -229,23 +229,13 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
             // srv_admin_state 1 = forced maintenance.
             maint_seen[i] |= admin_state(h, "s1") == "1";
         }
-        if let Some(location) = egress_e2e::executor::take_request(dir.path(), "s1") {
-            let result = location
-                .parse::<Ipv4Addr>()
-                .map_err(|_| anyhow::anyhow!("bad location {location:?}"))
-                .and_then(|ip| s1.restart(ip));
-            egress_e2e::executor::answer(dir.path(), "s1", result)?;
-        }
+        egress_e2e::executor::serve_restart(dir.path(), "s1", |ip| s1.restart(ip))?;
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = run
         .join()
         .map_err(|_| anyhow::anyhow!("rotate thread panicked"))??;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = egress_e2e::executor::output_text(&out);
     println!("ROTATE with discovery:\n{text}");
     anyhow::ensure!(out.status.success(), "rotate failed:\n{text}");
     assert_eq!(
@@ -288,11 +278,7 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
     // One replica not Ready: refused before anything changes (exit 2), s2 untouched everywhere.
     api.b_ready.store(false, Ordering::SeqCst);
     let out = checker(&["rotate", "egress/s2"])?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = egress_e2e::executor::output_text(&out);
     println!("ROTATE with a replica not Ready:\n{text}");
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(

@@ -209,14 +209,10 @@ fn rand_suffix() -> u64 {
 fn restarter(dir: &Path, proxies: &Mutex<HashMap<String, Tinyproxy>>, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         for server in ["s1", "s2"] {
-            let Some(location) = egress_e2e::executor::take_request(dir, server) else {
-                continue;
-            };
-            let result = location
-                .parse::<Ipv4Addr>()
-                .map_err(|_| anyhow::anyhow!("bad location {location:?}"))
-                .and_then(|bind| proxies.lock().unwrap().get_mut(server).unwrap().restart(bind));
-            egress_e2e::executor::answer(dir, server, result).unwrap();
+            egress_e2e::executor::serve_restart(dir, server, |bind| {
+                proxies.lock().unwrap().get_mut(server).unwrap().restart(bind)
+            })
+            .unwrap();
         }
         std::thread::sleep(Duration::from_millis(20));
     }
