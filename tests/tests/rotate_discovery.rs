@@ -275,12 +275,13 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
         api.requests.lock().unwrap_or_else(|e| e.into_inner())
     );
 
-    // One replica not Ready: refused before anything changes (exit 2), s2 untouched everywhere.
+    // One replica not Ready: refused before anything changes (exit 1: a service the rotation needs is
+    // unavailable), s2 untouched everywhere.
     api.b_ready.store(false, Ordering::SeqCst);
     let out = checker(&["rotate", "egress/s2"])?;
     let text = egress_e2e::executor::output_text(&out);
     println!("ROTATE with a replica not Ready:\n{text}");
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("haproxy-egress-b") && text.contains("not Ready"),
         "{text}"

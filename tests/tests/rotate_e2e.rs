@@ -59,7 +59,7 @@ listen {BACKEND}
 
 /// The backends the test owns, restarted on the executor script's request.
 struct Rig {
-    _pg: Postgres,
+    pg: Postgres,
     pg_url: String,
     echo: EchoServer,
     haproxy: Haproxy,
@@ -98,7 +98,7 @@ impl Rig {
             std::thread::spawn(move || restarter(&d, &proxies, &stop))
         };
         let rig = Rig {
-            _pg: pg,
+            pg,
             pg_url,
             echo,
             haproxy,
@@ -516,7 +516,7 @@ fn insert_attribution(url: &str, from: &str, to: &str) {
 
 #[test]
 fn bad_input_fails_before_anything_changes() {
-    let rig = Rig::start();
+    let mut rig = Rig::start();
     rig.migrate();
     let config = rig.default_config();
     let unchanged = |rig: &Rig| {
@@ -622,6 +622,29 @@ fn bad_input_fails_before_anything_changes() {
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["plan"]["server"], "s1");
     assert_eq!(rig.admin_state("s1"), "0");
+
+    // An operator's MAINT (set by hand, no rotation of ours behind it): --next leaves it alone,
+    // says so, and rotates another server.
+    rig.haproxy.cmd("set server egress/s2 state maint").unwrap();
+    let out = rig.checker(&config, &["rotate", "--next"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("rotated egress/s1") && text.contains("left alone: egress/s2"),
+        "{text}"
+    );
+    assert_eq!(rig.admin_state("s2"), "1", "the operator's MAINT was touched");
+    rig.haproxy.cmd("set server egress/s2 state ready").unwrap();
+
+    // The ledger unreachable: exit 1 (a service is down, nothing changed), never 2 (bad input).
+    rig.pg.stop().unwrap();
+    let out = rig.checker(&config, &["rotate", "egress/s1"]);
+    fails(&out, 1, "nothing changed");
+    unchanged(&rig);
 }
 
 fn http_get_local(addr: SocketAddr, path: &str) -> anyhow::Result<String> {

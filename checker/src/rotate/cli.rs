@@ -13,8 +13,10 @@ use crate::Config;
 #[command(
     group(clap::ArgGroup::new("which").required(true).args(["server", "next"])),
     after_help = "Exit codes: 0 rotated (or planned), 1 the rotation failed (the server is left in MAINT; \
-                  the ledger has a rotation_failed event with the reason), 2 bad input or configuration \
-                  (nothing changed), 3 another rotation holds the fleet-wide lock."
+                  the ledger has a rotation_failed event with the reason) or a service it needs (the ledger, \
+                  the Kubernetes API, a Ready HAProxy replica) was unavailable (nothing changed), 2 bad input \
+                  or configuration (nothing changed), 3 another rotation holds the fleet-wide lock. \
+                  --next never takes a server an operator put in MAINT (it says so)."
 )]
 pub struct RotateArgs {
     /// The server to rotate, as `backend/server` (it needs a [rotation.locations] entry).
@@ -25,8 +27,9 @@ pub struct RotateArgs {
     #[arg(long, requires = "server")]
     pub to: Option<String>,
 
-    /// Rotate the longest-quarantined server (DOWN or MAINT in HAProxy), else the one holding its exit
-    /// IP longest. What a CronJob runs.
+    /// Rotate the longest-quarantined server (DOWN in HAProxy, or in MAINT after a failed rotation),
+    /// else the one holding its exit IP longest; a server an operator put in MAINT is left alone.
+    /// What a CronJob runs.
     #[arg(long)]
     pub next: bool,
 
@@ -43,8 +46,9 @@ pub struct RotateArgs {
     pub database_url: Option<String>,
 }
 
-/// Run `rotate`. Exit codes: 0 rotated (or planned), 1 the rotation failed (server left in maint),
-/// 2 bad input or configuration (nothing changed), 3 another rotation holds the lock.
+/// Run `rotate`. Exit codes: 0 rotated (or planned), 1 the rotation failed (server left in maint) or
+/// a service was unavailable (nothing changed), 2 bad input or configuration (nothing changed),
+/// 3 another rotation holds the lock.
 pub fn main(config_path: &Path, args: RotateArgs) -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -69,9 +73,11 @@ pub fn main(config_path: &Path, args: RotateArgs) -> ExitCode {
         Err(e) => {
             eprintln!("egress-checker rotate: {e}");
             match e {
-                RotateError::Invalid(_) | RotateError::Ledger(_) => ExitCode::from(2),
+                RotateError::Invalid(_) => ExitCode::from(2),
                 RotateError::Locked(_) => ExitCode::from(3),
-                RotateError::Failed { .. } => ExitCode::FAILURE,
+                RotateError::Failed { .. } | RotateError::Ledger(_) | RotateError::Unavailable(_) => {
+                    ExitCode::FAILURE
+                }
             }
         }
     }
@@ -107,6 +113,11 @@ async fn run(config: Config, args: RotateArgs) -> Result<String, RotateError> {
     let rotator = Rotator::new(&config, store)?;
     if args.dry_run {
         let plan = rotator.plan(&target).await?;
+        let left_alone: String = plan
+            .left_alone
+            .iter()
+            .map(|l| format!("\n  left alone {l}"))
+            .collect();
         return Ok(if args.json {
             serde_json::to_string_pretty(&plan).unwrap_or_default()
         } else {
@@ -121,10 +132,16 @@ async fn run(config: Config, args: RotateArgs) -> Result<String, RotateError> {
                     .unwrap_or_else(|| "unknown".into()),
                 plan.locations.join(" → "),
                 plan.executor,
-            )
+            ) + &left_alone
         });
     }
     let out = rotator.rotate(&target).await?;
+    let left_alone: String = out
+        .plan
+        .left_alone
+        .iter()
+        .map(|l| format!("\nleft alone: {l}"))
+        .collect();
     Ok(if args.json {
         serde_json::to_string_pretty(&out).unwrap_or_default()
     } else {
@@ -140,6 +157,6 @@ async fn run(config: Config, args: RotateArgs) -> Result<String, RotateError> {
             out.location,
             out.drain_ms,
             out.sessions_cut
-        )
+        ) + &left_alone
     })
 }

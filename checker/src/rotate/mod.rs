@@ -50,9 +50,13 @@ pub enum RotateError {
         /// Why.
         reason: String,
     },
-    /// The ledger could not be reached before the rotation started.
-    #[error("ledger: {0}")]
+    /// The ledger could not be reached before the rotation started: nothing changed.
+    #[error("the ledger is unreachable, nothing changed: {0}")]
     Ledger(#[from] egress_ledger::LedgerError),
+    /// A service the rotation needs (the ledger, the Kubernetes API) could not be reached or
+    /// refused, before anything changed.
+    #[error("{0} (nothing changed)")]
+    Unavailable(String),
 }
 
 /// What a rotation will do (`--dry-run` prints it) or did.
@@ -77,6 +81,8 @@ pub struct Plan {
     /// The instances themselves (configured, and discovered when planning).
     #[serde(skip_serializing)]
     pub fleet: Fleet,
+    /// Servers `--next` did not take, and why (an operator's MAINT).
+    pub left_alone: Vec<String>,
 }
 
 /// The result of a completed rotation.
@@ -156,7 +162,7 @@ impl Rotator {
         };
         let found = kubernetes::discover_instances(d)
             .await
-            .map_err(|e| RotateError::Invalid(format!("rotation.discovery: {e}")))?;
+            .map_err(|e| RotateError::Unavailable(format!("rotation.discovery: {e}")))?;
         let mut instances = self.fleet.instances().to_vec();
         for addr in found {
             if !instances.iter().any(|i| i.addr() == &addr) {
@@ -169,10 +175,11 @@ impl Rotator {
     /// Resolve `target`, check every instance and input, and work out the plan. Changes nothing.
     pub async fn plan(&self, target: &Target) -> Result<Plan, RotateError> {
         let fleet = self.current_fleet().await?;
+        let mut left_alone = Vec::new();
         let (backend, server, to) = match target {
             Target::Server { backend, server, to } => (backend.clone(), server.clone(), to.clone()),
             Target::Next => {
-                let (b, s) = self.pick_next(&fleet).await?;
+                let (b, s) = self.pick_next(&fleet, &mut left_alone).await?;
                 (b, s, None)
             }
         };
@@ -242,6 +249,7 @@ impl Rotator {
                 .collect(),
             executor,
             fleet,
+            left_alone,
         })
     }
 
@@ -272,8 +280,12 @@ impl Rotator {
 
     /// The longest-quarantined server (DOWN or MAINT on the first instance, largest `lastchg`), else
     /// the server whose exit IP is oldest in the ledger (never seen first).
-    async fn pick_next(&self, fleet: &Fleet) -> Result<(String, String), RotateError> {
-        let candidates: Vec<(String, String)> = self
+    async fn pick_next(
+        &self,
+        fleet: &Fleet,
+        left_alone: &mut Vec<String>,
+    ) -> Result<(String, String), RotateError> {
+        let mut candidates: Vec<(String, String)> = self
             .cfg
             .locations
             .keys()
@@ -287,6 +299,24 @@ impl Rotator {
                 crate::runtime_api::describe(first.addr())
             ))
         })?;
+        // A server in MAINT is the operator's unless a rotation of ours left it there (its last
+        // rotator event is `rotation_failed`): never touch the operator's.
+        for r in stat.iter().filter(|r| r.status.starts_with("MAINT")) {
+            if !candidates.iter().any(|(b, s)| *b == r.proxy && *s == r.name) {
+                continue;
+            }
+            let ours = match &self.store {
+                Some(store) => left_by_failed_rotation(store, &r.proxy, &r.name).await?,
+                None => false,
+            };
+            if !ours {
+                candidates.retain(|(b, s)| !(*b == r.proxy && *s == r.name));
+                left_alone.push(format!(
+                    "{}/{} (in MAINT, not set by a rotation: an operator's; rotate it by name to override)",
+                    r.proxy, r.name
+                ));
+            }
+        }
         let down = stat
             .iter()
             .filter(|r| candidates.iter().any(|(b, s)| *b == r.proxy && *s == r.name))
@@ -338,13 +368,13 @@ impl Rotator {
             .pool()
             .acquire()
             .await
-            .map_err(|e| RotateError::Invalid(format!("ledger connection for the rotation lock: {e}")))?
+            .map_err(|e| RotateError::Unavailable(format!("ledger connection for the rotation lock: {e}")))?
             .detach();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(self.cfg.lock_key)
             .fetch_one(&mut lock)
             .await
-            .map_err(|e| RotateError::Invalid(format!("rotation lock: {e}")))?;
+            .map_err(|e| RotateError::Unavailable(format!("rotation lock: {e}")))?;
         if !got {
             let _ = lock.close().await;
             return Err(RotateError::Locked(self.cfg.lock_key));
@@ -589,8 +619,23 @@ async fn last_location(store: &Store, backend: &str, server: &str) -> Result<Opt
     .bind(server);
     Ok(q.fetch_optional(store.pool())
         .await
-        .map_err(|e| RotateError::Invalid(format!("ledger: {e}")))?
+        .map_err(|e| RotateError::Unavailable(format!("ledger: {e}")))?
         .flatten())
+}
+
+/// Whether the last rotator event of `backend/server` is `rotation_failed`: its MAINT is ours.
+async fn left_by_failed_rotation(store: &Store, backend: &str, server: &str) -> Result<bool, RotateError> {
+    let q = sqlx::query_scalar::<_, String>(
+        "SELECT kind FROM events WHERE backend = $1 AND server = $2 AND actor = 'rotator'
+         ORDER BY at DESC, id DESC LIMIT 1",
+    )
+    .bind(backend)
+    .bind(server);
+    let last = q
+        .fetch_optional(store.pool())
+        .await
+        .map_err(|e| RotateError::Unavailable(format!("ledger: {e}")))?;
+    Ok(last.as_deref() == Some(EventKind::RotationFailed.as_str()))
 }
 
 async fn last_ip_change(
@@ -606,5 +651,5 @@ async fn last_ip_change(
     .bind(server);
     q.fetch_one(store.pool())
         .await
-        .map_err(|e| RotateError::Invalid(format!("ledger: {e}")))
+        .map_err(|e| RotateError::Unavailable(format!("ledger: {e}")))
 }
