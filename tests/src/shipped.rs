@@ -390,12 +390,22 @@ spec:
                 secretKeyRef:
                   name: egress-vpn
                   key: wireguard-private-key
+            - name: WIREGUARD_ADDRESSES
+              valueFrom:
+                secretKeyRef:
+                  name: egress-vpn
+                  key: wireguard-addresses
           ports:
             - name: proxy
               containerPort: 8888
+            - name: health
+              containerPort: 9999
+          # gluetun's own health server (HEALTH_SERVER_ADDRESS): 200 only while the tunnel works,
+          # not merely while the proxy port accepts TCP.
           readinessProbe:
-            tcpSocket:
-              port: proxy
+            httpGet:
+              path: /
+              port: health
             periodSeconds: 5
             failureThreshold: 3
           securityContext:
