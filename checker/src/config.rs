@@ -276,10 +276,14 @@ pub enum RuntimeApiAddr {
     Unix(PathBuf),
     /// A TCP address.
     Tcp(SocketAddr),
+    /// A TCP host name and port, resolved at every connection (a compose service, a Kubernetes
+    /// Service name): `(host, port)`.
+    TcpHost(String, u16),
 }
 
 impl RuntimeApiAddr {
-    /// Parse `unix:/path` or `tcp:ip:port` (a bare path starting with `/` is a unix socket).
+    /// Parse `unix:/path`, `tcp:ip:port` or `tcp:host:port` (a bare path starting with `/` is a
+    /// unix socket; a host name is resolved at every connection).
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(p) = s.strip_prefix("unix:") {
             return Ok(RuntimeApiAddr::Unix(PathBuf::from(p)));
@@ -288,9 +292,19 @@ impl RuntimeApiAddr {
             return Ok(RuntimeApiAddr::Unix(PathBuf::from(s)));
         }
         let rest = s.strip_prefix("tcp:").unwrap_or(s);
-        rest.parse()
-            .map(RuntimeApiAddr::Tcp)
-            .map_err(|_| format!("expected unix:/path or tcp:ip:port, got {s:?}"))
+        if let Ok(addr) = rest.parse() {
+            return Ok(RuntimeApiAddr::Tcp(addr));
+        }
+        let bad = || format!("expected unix:/path, tcp:ip:port or tcp:host:port, got {s:?}");
+        let (host, port) = split_host_port(rest).map_err(|_| bad())?;
+        let name_ok = host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !name_ok {
+            return Err(bad());
+        }
+        Ok(RuntimeApiAddr::TcpHost(host, port))
     }
 }
 
@@ -613,6 +627,12 @@ mod tests {
             Ok(RuntimeApiAddr::Tcp("127.0.0.1:9999".parse().unwrap()))
         );
         assert!(RuntimeApiAddr::parse("tcp:nowhere").is_err());
+        assert_eq!(
+            RuntimeApiAddr::parse("tcp:haproxy:9999"),
+            Ok(RuntimeApiAddr::TcpHost("haproxy".into(), 9999))
+        );
+        assert!(RuntimeApiAddr::parse("tcp:bad host:9999").is_err());
+        assert!(RuntimeApiAddr::parse("tcp:haproxy:0").is_err());
         assert_eq!(split_host_port("[::1]:443"), Ok(("::1".into(), 443)));
         assert!(split_host_port("host:0").is_err());
     }

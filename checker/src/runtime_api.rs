@@ -55,6 +55,9 @@ impl RuntimeApi {
                     exchange(tokio::net::UnixStream::connect(path).await?, cmd).await
                 }
                 RuntimeApiAddr::Tcp(addr) => exchange(tokio::net::TcpStream::connect(addr).await?, cmd).await,
+                RuntimeApiAddr::TcpHost(host, port) => {
+                    exchange(tokio::net::TcpStream::connect((host.as_str(), *port)).await?, cmd).await
+                }
             }
         };
         tokio::time::timeout(self.timeout, run)
@@ -470,6 +473,7 @@ pub fn describe(addr: &RuntimeApiAddr) -> String {
     match addr {
         RuntimeApiAddr::Unix(p) => format!("unix:{}", p.display()),
         RuntimeApiAddr::Tcp(a) => format!("tcp:{a}"),
+        RuntimeApiAddr::TcpHost(h, p) => format!("tcp:{h}:{p}"),
     }
 }
 

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 pub struct ClientNet {
     /// `addr` or `addr/prefix`, validated.
     pub net: String,
-    /// `None`: every rendering; `Some("vm")` / `Some("k8s")`: only that one.
+    /// `None`: every rendering; `Some("vm")` / `Some("k8s")` / `Some("compose")`: only that one.
     pub only: Option<String>,
 }
 
@@ -106,8 +106,8 @@ impl EntryPolicy {
                     );
                     let only = match rest {
                         [] => None,
-                        [w @ ("vm" | "k8s")] => Some((*w).to_owned()),
-                        _ => anyhow::bail!("entry line {n}: `client <network> [vm|k8s]`"),
+                        [w @ ("vm" | "k8s" | "compose")] => Some((*w).to_owned()),
+                        _ => anyhow::bail!("entry line {n}: `client <network> [vm|k8s|compose]`"),
                     };
                     p.clients.push(ClientNet {
                         net: (*net).to_owned(),
@@ -232,7 +232,7 @@ impl EntryPolicy {
         Ok(())
     }
 
-    /// The client networks for a rendering (`vm`, `k8s`, or `test`), space-separated.
+    /// The client networks for a rendering (`vm`, `k8s`, `compose` or `test`), space-separated.
     pub fn client_nets(&self, profile: &str) -> String {
         let nets: Vec<&str> = self
             .clients

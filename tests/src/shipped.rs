@@ -292,6 +292,88 @@ pub fn render_k8s(template: &str, pool: &[PoolServer], policy: &EntryPolicy) -> 
     )
 }
 
+/// The servers of the docker-compose profile: the first [`COMPOSE_GLOBAL`] servers of the global pool
+/// and every Korea server (a compose host runs a handful of VPN clients, not the whole pool).
+pub const COMPOSE_GLOBAL: usize = 3;
+
+/// The compose profile's subset of the pool.
+pub fn compose_pool(pool: &[PoolServer]) -> Vec<PoolServer> {
+    let global = pool.iter().filter(|s| s.backend == "egress").take(COMPOSE_GLOBAL);
+    let rest = pool.iter().filter(|s| s.backend != "egress");
+    global.chain(rest).cloned().collect()
+}
+
+/// The compose service of a pool server.
+pub fn compose_service(server: &PoolServer) -> String {
+    format!("gluetun-{}", server.name)
+}
+
+/// `deploy/compose/haproxy/haproxy.cfg`: servers are the gluetun services, egress-spoa shares
+/// HAProxy's network namespace (127.0.0.1:12345), the agent is the egress-checker service.
+pub fn render_compose(template: &str, pool: &[PoolServer], policy: &EntryPolicy) -> anyhow::Result<String> {
+    let servers: Vec<_> = compose_pool(pool)
+        .iter()
+        .map(|s| {
+            (
+                s.backend.clone(),
+                s.name.clone(),
+                format!("{}:8888", compose_service(s)),
+            )
+        })
+        .collect();
+    render(
+        template,
+        &servers,
+        &Profile {
+            header: "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
+                     # docker-compose profile (deploy/compose): servers are the gluetun services.",
+            run_as: "",
+            stats_sockets: "    # Runtime API: a local socket, and TCP for egress-checker on the compose network (port 9999,\n    \
+                            # not published on the host).\n    \
+                            stats socket /var/run/haproxy/admin.sock mode 600 level admin\n    \
+                            stats socket ipv4@0.0.0.0:9999 level admin",
+            nameservers: "    parse-resolv-conf",
+            resolvers_use: ", and the gluetun services' names are re-resolved\n# through it at run time (a recreated container gets a new address)",
+            name: "compose",
+            bind: ":3128",
+            spoe_conf: "spoe-egress.conf",
+            agent_addr: "\"${EGRESS_AGENT_ADDR}\"",
+            agent_port: "5555",
+            spoa_addr: "127.0.0.1:12345",
+            stats_bind: ":8404",
+            server_extra: " resolvers egress-dns init-addr last,none",
+            state_file: "/var/lib/haproxy/server-state",
+        },
+        policy,
+    )
+}
+
+/// `deploy/compose/compose.yaml`'s generated tail: one gluetun service per compose server.
+pub fn render_compose_backends(current: &str, pool: &[PoolServer]) -> anyhow::Result<String> {
+    let (head, _) = current
+        .split_once(COMPOSE_MARK)
+        .context("deploy/compose/compose.yaml has no GENERATED marker line")?;
+    let mut out = format!("{head}{COMPOSE_MARK}");
+    for s in compose_pool(pool) {
+        write!(
+            out,
+            "
+  {svc}:
+    <<: *gluetun
+    environment:
+      <<: *gluetun-env
+      SERVER_COUNTRIES: \"{location}\"
+",
+            svc = compose_service(&s),
+            location = s.location,
+        )?;
+    }
+    Ok(out)
+}
+
+/// The line after which `deploy/compose/compose.yaml` is generated.
+pub const COMPOSE_MARK: &str = "  # ---- GENERATED from haproxy/pool.txt by scripts/gen-config: the gluetun services, one per server. ----\n";
+
 /// The shipped template rendered for a test or the demo: the frontend on `127.0.0.1:{{PORT0}}`, the
 /// agent on `127.0.0.1:{{PORT1}}`, the SPOA on `127.0.0.1:{{PORT2}}`, the stats page on
 /// `127.0.0.1:{{PORT3}}`, the runtime API on `{{RUNTIME_SOCKET}}` (for [`crate::haproxy::Haproxy`]),
@@ -513,6 +595,18 @@ pub fn generated_files() -> anyhow::Result<Vec<(String, String)>> {
         (
             "k8s/base/checker/checker.toml".to_owned(),
             render_k8s_checker(&read("k8s/base/checker/checker.toml")?, &pool)?,
+        ),
+        (
+            "deploy/compose/haproxy/haproxy.cfg".to_owned(),
+            render_compose(&template, &pool, &policy)?,
+        ),
+        (
+            "deploy/compose/haproxy/spoe-egress.conf".to_owned(),
+            read("haproxy/spoe-egress.conf")?,
+        ),
+        (
+            "deploy/compose/compose.yaml".to_owned(),
+            render_compose_backends(&read("deploy/compose/compose.yaml")?, &pool)?,
         ),
     ])
 }
