@@ -34,6 +34,7 @@ pub mod programs;
 mod runtime;
 pub mod shipped;
 pub mod stack;
+pub mod standin;
 pub mod tinyproxy;
 
 use std::time::{Duration, Instant};

@@ -92,6 +92,25 @@ pub async fn post_json(
     timeout: Duration,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Response, String> {
+    send_json("POST", url, &[], body, timeout, tls).await
+}
+
+/// Send `body` as JSON with `method` and extra `headers` (e.g. an API key), with `timeout` on each
+/// of connect, TLS, write and read.
+pub async fn send_json(
+    method: &str,
+    url: &WebhookUrl,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Response, String> {
+    if headers
+        .iter()
+        .any(|(n, v)| n.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']))
+    {
+        return Err("a header name or value with a line break".into());
+    }
     let step = |what: &'static str| move |_| format!("{what} timed out after {timeout:?}");
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((url.host.as_str(), url.port)))
         .await
@@ -106,15 +125,17 @@ pub async fn post_json(
             .await
             .map_err(step("TLS handshake"))?
             .map_err(|e| format!("TLS handshake with {}: {e}", url.host))?;
-        exchange(stream, url, body, timeout).await
+        exchange(stream, method, url, headers, body, timeout).await
     } else {
-        exchange(tcp, url, body, timeout).await
+        exchange(tcp, method, url, headers, body, timeout).await
     }
 }
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
+    method: &str,
     url: &WebhookUrl,
+    headers: &[(&str, &str)],
     body: &[u8],
     timeout: Duration,
 ) -> Result<Response, String> {
@@ -123,8 +144,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         url.host.clone()
     };
+    let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
     let mut req = format!(
-        "POST {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: egress-checker/{}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: egress-checker/{}\r\n{extra}Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         url.path,
         env!("CARGO_PKG_VERSION"),
         body.len()

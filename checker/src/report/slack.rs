@@ -230,7 +230,8 @@ pub struct SlackError {
     why: String,
 }
 
-fn tls_config() -> Arc<rustls::ClientConfig> {
+/// A client configuration trusting the webpki roots.
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
     tls_config_with(rustls::RootCertStore::from_iter(
         webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
     ))

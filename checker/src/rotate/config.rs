@@ -137,6 +137,54 @@ pub enum ExecutorConfig {
     /// restart annotation of its pod template to now) and wait until the new pod is Ready. The
     /// Deployment must use `strategy: Recreate`: two pods of one backend must never hold two tunnels.
     Kubernetes(KubernetesExecutorConfig),
+    /// Through gluetun's own control server (`PUT /v1/vpn/settings`): the location becomes the
+    /// server selection (`field`: SERVER_HOSTNAMES' `hostnames` by default) and gluetun reconnects
+    /// the tunnel in place, no container restart. Works wherever gluetun runs (compose, VMs,
+    /// Kubernetes).
+    Gluetun(GluetunExecutorConfig),
+}
+
+/// `[rotation.executor] kind = "gluetun"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GluetunExecutorConfig {
+    /// The control server of `backend/server`: `{backend}` and `{server}` are replaced, e.g.
+    /// `http://gluetun-{server}:8000` (compose) or `http://egress-{server}:8000` (a Service).
+    pub control_url: String,
+    /// A file holding the API key of a gluetun role allowed `PUT /v1/vpn/settings`
+    /// (HTTP_CONTROL_SERVER_AUTH_CONFIG_FILEPATH, `auth = "apikey"`); sent as `X-API-Key`.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The server-selection field the location goes into: `hostnames` (SERVER_HOSTNAMES),
+    /// `cities`, `countries` or `names`.
+    #[serde(default = "d_gluetun_field")]
+    pub field: String,
+}
+
+fn d_gluetun_field() -> String {
+    "hostnames".into()
+}
+
+impl GluetunExecutorConfig {
+    /// Every problem, in words an operator can act on.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(self.control_url.starts_with("http://") || self.control_url.starts_with("https://")) {
+            p.push("rotation.executor.control_url: an http:// URL of gluetun's control server, e.g. http://gluetun-{server}:8000".into());
+        }
+        if !["hostnames", "cities", "countries", "names"].contains(&self.field.as_str()) {
+            p.push("rotation.executor.field: one of hostnames, cities, countries, names".into());
+        }
+        if let Some(f) = &self.api_key_file {
+            if std::fs::metadata(f).is_err() {
+                p.push(format!(
+                    "rotation.executor.api_key_file: cannot read {}",
+                    f.display()
+                ));
+            }
+        }
+        p
+    }
 }
 
 /// `[rotation.executor] kind = "kubernetes"`.
@@ -331,6 +379,7 @@ impl RotationConfig {
                 }
             }
             ExecutorConfig::Kubernetes(k) => p.extend(k.problems(self.locations.keys())),
+            ExecutorConfig::Gluetun(g) => p.extend(g.problems()),
         }
         if self.locations.is_empty() {
             p.push("rotation.locations: list the locations of at least one server (\"backend/server\" = [\"loc-a\", \"loc-b\"])".into());

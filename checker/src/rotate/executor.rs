@@ -20,6 +20,8 @@ pub enum Executor {
     },
     /// Patch the backend's Deployment and wait for its new pod (see [`super::kubernetes`]).
     Kubernetes(KubernetesExecutor),
+    /// gluetun's control server: new server selection, reconnect in place.
+    Gluetun(super::config::GluetunExecutorConfig),
 }
 
 impl Executor {
@@ -31,6 +33,7 @@ impl Executor {
                 args: args.clone(),
             },
             ExecutorConfig::Kubernetes(k) => Executor::Kubernetes(KubernetesExecutor::new(k.clone())),
+            ExecutorConfig::Gluetun(g) => Executor::Gluetun(g.clone()),
         }
     }
 
@@ -38,7 +41,7 @@ impl Executor {
     /// exists, uses strategy Recreate, has the container).
     pub async fn preflight(&self, backend: &str, server: &str) -> Result<(), String> {
         match self {
-            Executor::Command { .. } => Ok(()),
+            Executor::Command { .. } | Executor::Gluetun(_) => Ok(()),
             Executor::Kubernetes(k) => k.preflight(backend, server).await,
         }
     }
@@ -53,6 +56,11 @@ impl Executor {
                 words.join(" ")
             }
             Executor::Kubernetes(k) => k.describe(backend, server, location),
+            Executor::Gluetun(g) => format!(
+                "gluetun: PUT {}/v1/vpn/settings (server_selection.{} = [{location:?}]), gluetun reconnects",
+                gluetun_url(g, backend, server),
+                g.field
+            ),
         }
     }
 
@@ -67,6 +75,7 @@ impl Executor {
     ) -> Result<(), String> {
         match self {
             Executor::Kubernetes(k) => k.restart(backend, server, location, timeout).await,
+            Executor::Gluetun(g) => gluetun_restart(g, backend, server, location, timeout).await,
             Executor::Command { program, args } => {
                 let mut child = tokio::process::Command::new(program)
                     .args(args)
@@ -126,6 +135,66 @@ impl Executor {
                 }
             }
         }
+    }
+}
+
+fn gluetun_url(g: &super::config::GluetunExecutorConfig, backend: &str, server: &str) -> String {
+    g.control_url
+        .replace("{backend}", backend)
+        .replace("{server}", server)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// `PUT /v1/vpn/settings` with `{"provider":{"server_selection":{<field>:[location]}}}`: gluetun
+/// merges it into its settings, validates them against its server list and reconnects the tunnel.
+/// Its answer is the outcome in words; anything but 2xx is the error, with that text.
+async fn gluetun_restart(
+    g: &super::config::GluetunExecutorConfig,
+    backend: &str,
+    server: &str,
+    location: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let base = gluetun_url(g, backend, server);
+    let url = crate::report::http::WebhookUrl::parse(&format!("{base}/v1/vpn/settings"))
+        .map_err(|e| format!("rotation.executor.control_url for {backend}/{server}: {e}"))?;
+    let key = match &g.api_key_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("reading {}: {e}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let body = serde_json::json!({"provider": {"server_selection": {g.field.as_str(): [location]}}});
+    let headers: Vec<(&str, &str)> = key.as_deref().map(|k| ("X-API-Key", k)).into_iter().collect();
+    let tls = crate::report::slack::tls_config();
+    let answer = crate::report::http::send_json(
+        "PUT",
+        &url,
+        &headers,
+        body.to_string().as_bytes(),
+        timeout.min(Duration::from_secs(30)),
+        &tls,
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "gluetun control server of {backend}/{server} ({}): {e}",
+            url.redacted()
+        )
+    })?;
+    if (200..300).contains(&answer.status) {
+        tracing::info!(%backend, %server, %location, outcome = %answer.body_start.trim(), "gluetun applied the new server selection");
+        Ok(())
+    } else {
+        Err(format!(
+            "gluetun control server of {backend}/{server} answered {}: {}",
+            answer.status,
+            answer.body_start.trim()
+        ))
     }
 }
 

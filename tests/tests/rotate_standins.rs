@@ -1,16 +1,20 @@
-//! `egress-checker rotate` with `[rotation.discovery]`: the HAProxy replicas come from the
-//! Kubernetes API (a local stand-in serving the pod list, no cluster here), every rotation fans out
-//! to each one found (two real HAProxy processes, their runtime APIs on 127.0.0.1:P and
-//! 127.0.0.2:P as two pod IPs with the same port would be), and a rotation is refused while a
-//! matching pod is not Ready.
+//! `egress-checker rotate` against local stand-ins of the APIs it calls (`egress_e2e::standin`),
+//! with real HAProxy, tinyproxy and Postgres:
+//!
+//! - `[rotation.discovery]`: the HAProxy replicas come from the Kubernetes API (the pod list), every
+//!   rotation fans out to each one found (two HAProxy processes, their runtime APIs on 127.0.0.1:P
+//!   and 127.0.0.2:P as two pod IPs with the same port would be), and a rotation is refused while a
+//!   matching pod is not Ready;
+//! - the `gluetun` executor: the new location goes to gluetun's control server (`PUT
+//!   /v1/vpn/settings`, the API key in `X-API-Key`), which here reconnects the "tunnel" by
+//!   restarting the tinyproxy with the location as its exit address; a wrong key fails the rotation.
 //!
 //! Needs the binaries: `cargo build --workspace --bins` (scripts/test does it).
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use egress_e2e::bins::bin_path;
@@ -18,25 +22,38 @@ use egress_e2e::echo::EchoServer;
 use egress_e2e::haproxy::Haproxy;
 use egress_e2e::ports::free_port;
 use egress_e2e::postgres::Postgres;
+use egress_e2e::standin::StandIn;
 use egress_e2e::tinyproxy::Tinyproxy;
 use egress_e2e::wait_until;
 
 const SELECTOR: &str = "app.kubernetes.io/name=haproxy-egress";
 const PODS_PATH: &str = "/api/v1/namespaces/egress/pods";
 
-/// The stand-in API server: answers the pod list (and nothing else) for the selector; the second
-/// pod is Ready while `b_ready` is.
-struct ApiServer {
-    addr: SocketAddr,
-    b_ready: Arc<AtomicBool>,
-    requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+/// The stand-in API server: answers the pod list for the selector (the second pod Ready while
+/// `b_ready` is), 404 for anything else.
+fn api_server(b_ready: Arc<AtomicBool>) -> anyhow::Result<StandIn> {
+    StandIn::start(move |req| {
+        // The path exactly, and the selector among the query parameters (kube-rs may add others).
+        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+        let selector_ok = query
+            .split('&')
+            .any(|kv| kv == "labelSelector=app.kubernetes.io%2Fname%3Dhaproxy-egress");
+        if req.method == "GET" && path == PODS_PATH && selector_ok {
+            let list = serde_json::json!({
+                "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"},
+                "items": [pod("haproxy-egress-a", "127.0.0.1", true),
+                          pod("haproxy-egress-b", "127.0.0.2", b_ready.load(Ordering::SeqCst))]
+            });
+            (200, list.to_string())
+        } else {
+            (
+                404,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": format!("not served here: {}", req.target), "reason": "NotFound", "code": 404})
+                .to_string(),
+            )
+        }
+    })
 }
 
 fn pod(name: &str, ip: &str, ready: bool) -> serde_json::Value {
@@ -44,88 +61,6 @@ fn pod(name: &str, ip: &str, ready: bool) -> serde_json::Value {
         "metadata": {"name": name, "namespace": "egress", "labels": {"app.kubernetes.io/name": "haproxy-egress"}},
         "status": {"phase": "Running", "podIP": ip,
                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
-    })
-}
-
-fn serve(mut conn: std::net::TcpStream, b_ready: &AtomicBool, requests: &Mutex<Vec<String>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            if buf.len() > 64 * 1024 {
-                return;
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        let target = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
-        requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(target.clone());
-        // The path exactly, and the selector among the query parameters (kube-rs may add others).
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let selector_ok = query
-            .split('&')
-            .any(|kv| kv == "labelSelector=app.kubernetes.io%2Fname%3Dhaproxy-egress");
-        let (status, body) = if head.starts_with("GET ") && path == PODS_PATH && selector_ok {
-            let list = serde_json::json!({
-                "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"},
-                "items": [pod("haproxy-egress-a", "127.0.0.1", true),
-                          pod("haproxy-egress-b", "127.0.0.2", b_ready.load(Ordering::SeqCst))]
-            });
-            ("200 OK", list.to_string())
-        } else {
-            (
-                "404 Not Found",
-                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": format!("not served here: {target}"), "reason": "NotFound", "code": 404})
-                .to_string(),
-            )
-        };
-        let answer = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if conn.write_all(answer.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
-fn api_server() -> anyhow::Result<ApiServer> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let (b_ready, requests, stop) = (
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(Mutex::new(Vec::new())),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (b, r, s) = (b_ready.clone(), requests.clone(), stop.clone());
-    std::thread::spawn(move || {
-        while !s.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((conn, _)) => {
-                    let _ = conn.set_nonblocking(false);
-                    let (b, r) = (b.clone(), r.clone());
-                    std::thread::spawn(move || serve(conn, &b, &r));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    });
-    Ok(ApiServer {
-        addr,
-        b_ready,
-        requests,
-        stop,
     })
 }
 
@@ -175,7 +110,8 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
     let api_port = free_port()?;
     let a = replica(Ipv4Addr::new(127, 0, 0, 1), api_port, s1.addr(), s2.addr())?;
     let b = replica(Ipv4Addr::new(127, 0, 0, 2), api_port, s1.addr(), s2.addr())?;
-    let api = api_server()?;
+    let b_ready = Arc::new(AtomicBool::new(true));
+    let api = api_server(b_ready.clone())?;
     let dir = tempfile::tempdir()?;
     let script = egress_e2e::executor::write_script(dir.path())?;
     let config = dir.path().join("checker.toml");
@@ -189,7 +125,7 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
              [rotation.executor]\nkind = \"command\"\nprogram = \"{script}\"\n\n\
              [rotation.locations]\n\"egress/s1\" = [\"127.0.0.21\"]\n\"egress/s2\" = [\"127.0.0.22\"]\n",
             echo = echo.http_addr(),
-            api = api.addr,
+            api = api.addr(),
             script = script.display(),
         ),
     )?;
@@ -265,19 +201,15 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
         ],
         "{drain}"
     );
+    let requests = api.requests();
     assert!(
-        api.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .all(|r| r.starts_with(PODS_PATH)),
-        "unexpected API requests: {:?}",
-        api.requests.lock().unwrap_or_else(|e| e.into_inner())
+        !requests.is_empty() && requests.iter().all(|r| r.target.starts_with(PODS_PATH)),
+        "unexpected API requests: {requests:?}"
     );
 
     // One replica not Ready: refused before anything changes (exit 1: a service the rotation needs is
     // unavailable), s2 untouched everywhere.
-    api.b_ready.store(false, Ordering::SeqCst);
+    b_ready.store(false, Ordering::SeqCst);
     let out = checker(&["rotate", "egress/s2"])?;
     let text = egress_e2e::executor::output_text(&out);
     println!("ROTATE with a replica not Ready:\n{text}");
@@ -289,5 +221,105 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
     for h in [&a, &b] {
         assert_eq!(admin_state(h, "s2"), "0");
     }
+    Ok(())
+}
+
+#[test]
+fn the_gluetun_executor_rotates_through_the_control_server() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let echo = EchoServer::start()?;
+    let s1 = Arc::new(std::sync::Mutex::new(Tinyproxy::start(Ipv4Addr::new(
+        127, 0, 0, 11,
+    ))?));
+    let s2 = Tinyproxy::start(Ipv4Addr::new(127, 0, 0, 12))?;
+    let s1_addr = s1
+        .lock()
+        .map(|t| t.addr())
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let h = replica(Ipv4Addr::LOCALHOST, free_port()?, s1_addr, s2.addr())?;
+    const KEY: &str = "k3y-for-the-rotator";
+    // gluetun's control server, played: the API key checked, the new selection applied by
+    // restarting the tunnel (tinyproxy) on the hostname's address.
+    let gluetun = {
+        let s1 = s1.clone();
+        StandIn::start(move |req| {
+            if req.header("x-api-key") != Some(KEY) {
+                return (401, "{\"error\":\"unauthorized\"}".into());
+            }
+            if req.method != "PUT" || req.target != "/v1/vpn/settings" {
+                return (404, "{}".into());
+            }
+            let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let Some(host) = body["provider"]["server_selection"]["hostnames"][0].as_str() else {
+                return (400, "{\"error\":\"no hostnames\"}".into());
+            };
+            let Ok(ip) = host.parse::<Ipv4Addr>() else {
+                return (400, format!("{{\"error\":\"unknown hostname {host}\"}}"));
+            };
+            match s1.lock().map(|mut t| t.restart(ip)) {
+                Ok(Ok(())) => (200, "settings updated".into()),
+                _ => (500, "{\"error\":\"restart\"}".into()),
+            }
+        })?
+    };
+    let dir = tempfile::tempdir()?;
+    let config = |key: &str| -> anyhow::Result<std::path::PathBuf> {
+        let key_file = dir.path().join(format!("key-{}", key.len()));
+        std::fs::write(&key_file, format!("{key}\n"))?;
+        let path = dir.path().join(format!("checker-{}.toml", key.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "[backends]\nruntime_api = \"unix:{sock}\"\nnames = [\"egress\"]\n\n\
+                 [[targets]]\naddress = \"{echo}\"\n\n[exit_ip]\naddress = \"{echo}\"\n\n\
+                 [rotation]\ninstances = [\"unix:{sock}\"]\ndrain_deadline = \"2s\"\npoll_interval = \"100ms\"\n\
+                 restart_timeout = \"20s\"\nverify_timeout = \"20s\"\n\n\
+                 [rotation.executor]\nkind = \"gluetun\"\ncontrol_url = \"http://{gluetun}\"\napi_key_file = \"{key_file}\"\n\n\
+                 [rotation.locations]\n\"egress/s1\" = [\"127.0.0.21\", \"127.0.0.22\"]\n",
+                sock = h.runtime_socket().display(),
+                echo = echo.http_addr(),
+                gluetun = gluetun.addr(),
+                key_file = key_file.display(),
+            ),
+        )?;
+        Ok(path)
+    };
+    let checker = |config: &std::path::Path, args: &[&str]| -> anyhow::Result<Output> {
+        Ok(Command::new(bin_path("egress-checker")?)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("EGRESS_DATABASE_URL", pg.url())
+            .output()?)
+    };
+    let good = config(KEY)?;
+    anyhow::ensure!(checker(&good, &["migrate"])?.status.success(), "migrate failed");
+    let out = checker(&good, &["rotate", "egress/s1"])?;
+    let text = egress_e2e::executor::output_text(&out);
+    println!("ROTATE through gluetun's control server:\n{text}");
+    anyhow::ensure!(out.status.success(), "rotate failed:\n{text}");
+    assert!(text.contains("127.0.0.11 → 127.0.0.21"), "{text}");
+    assert_eq!(admin_state(&h, "s1"), "0");
+    let puts: Vec<_> = gluetun
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    let body: serde_json::Value = serde_json::from_slice(&puts[0].body)?;
+    assert_eq!(
+        body,
+        serde_json::json!({"provider": {"server_selection": {"hostnames": ["127.0.0.21"]}}})
+    );
+
+    // A wrong API key: gluetun refuses, the rotation fails at its restart step, the server stays in
+    // MAINT (exit 1), and the answer is in the message.
+    let bad = config("wrong")?;
+    let out = checker(&bad, &["rotate", "egress/s1"])?;
+    let text = egress_e2e::executor::output_text(&out);
+    println!("ROTATE with a wrong gluetun API key:\n{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("answered 401"), "{text}");
+    assert_eq!(admin_state(&h, "s1"), "1");
     Ok(())
 }
