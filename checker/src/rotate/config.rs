@@ -48,6 +48,11 @@ pub struct RotationConfig {
     /// Self-healing never rotates while fewer than this many servers are healthy.
     #[serde(default = "d_min_healthy")]
     pub min_healthy: usize,
+    /// Restarts a rotation may make before it fails on the same exit IP: the locations in order,
+    /// and when they run out, again from the first (a restart in the same location usually lands
+    /// on another VPN server of it: a server with one location gets this many tries).
+    #[serde(default = "d_restart_attempts")]
+    pub restart_attempts: usize,
     /// How a backend gets its new location and restarts.
     pub executor: ExecutorConfig,
     /// Per server (`backend/server`), the locations it rotates through, in order.
@@ -106,6 +111,9 @@ fn d_verify() -> Duration {
 }
 fn d_lock() -> i64 {
     DEFAULT_LOCK_KEY
+}
+fn d_restart_attempts() -> usize {
+    3
 }
 fn d_min_healthy() -> usize {
     1
@@ -366,6 +374,9 @@ impl RotationConfig {
             if d.is_zero() {
                 p.push(format!("{name} must be greater than 0"));
             }
+        }
+        if self.restart_attempts == 0 {
+            p.push("rotation.restart_attempts must be at least 1".into());
         }
         if self.quarantined_for.is_some_and(|d| d.is_zero()) {
             p.push(

@@ -490,7 +490,7 @@ impl Rotator {
 
         // 3 + 4. restart in the next location until the exit IP differs.
         let mut tried = Vec::new();
-        for location in &plan.locations {
+        for location in attempts(&plan.locations, self.cfg.restart_attempts) {
             tracing::info!(server = %format!("{b}/{s}"), %location, "restarting in a new location");
             if let Err(reason) = self
                 .executor
@@ -549,7 +549,7 @@ impl Rotator {
             });
         }
         let reason = format!(
-            "every location kept the old exit IP {} ({})",
+            "every restart kept the old exit IP {} (tried: {})",
             plan.old_ip.map(|i| i.to_string()).unwrap_or_default(),
             tried.join(", ")
         );
@@ -597,6 +597,12 @@ impl Rotator {
 
 /// When a server's exit IP last changed.
 type Since = chrono::DateTime<chrono::Utc>;
+
+/// The locations a rotation tries, in order: every one once, then again from the first until
+/// `at_least` restarts (a restart in the same location usually lands on another VPN server).
+fn attempts(locations: &[String], at_least: usize) -> impl Iterator<Item = &String> {
+    locations.iter().cycle().take(locations.len().max(at_least))
+}
 
 /// How long the rotator waits between writing the new exit IP and putting the server back in
 /// service: the agents reload on the ledger's notification within milliseconds.
@@ -652,4 +658,19 @@ async fn last_ip_change(
     q.fetch_one(store.pool())
         .await
         .map_err(|e| RotateError::Unavailable(format!("ledger: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempts;
+
+    #[test]
+    fn a_single_location_is_retried_and_a_longer_list_is_walked_once() {
+        let one = vec!["nl".to_owned()];
+        assert_eq!(attempts(&one, 3).collect::<Vec<_>>(), ["nl", "nl", "nl"]);
+        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(attempts(&three, 3).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let two: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        assert_eq!(attempts(&two, 3).collect::<Vec<_>>(), ["a", "b", "a"]);
+    }
 }
