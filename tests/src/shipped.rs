@@ -265,31 +265,44 @@ pub fn render_k8s(template: &str, pool: &[PoolServer], policy: &EntryPolicy) -> 
             )
         })
         .collect();
-    render(
-        template,
-        &servers,
-        &Profile {
-            header: "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
-                     # Kubernetes profile (k8s/base): servers are Services, the SPOA is a sidecar.",
-            run_as: "",
-            stats_sockets: "    # Runtime API: a local socket, and TCP for egress-checker (port 9999, open only to the\n    \
-                            # checker by the NetworkPolicy in k8s/base).\n    \
-                            stats socket /var/run/haproxy/admin.sock mode 600 level admin\n    \
-                            stats socket ipv4@0.0.0.0:9999 level admin",
-            nameservers: "    parse-resolv-conf",
-            resolvers_use: ", and the servers' Service names are re-resolved\n# through it at run time (a recreated Service gets a new ClusterIP)",
-            name: "k8s",
-            bind: ":3128",
-            spoe_conf: "spoe-egress.conf",
-            agent_addr: "\"${EGRESS_AGENT_ADDR}\"",
-            agent_port: "5555",
-            spoa_addr: "127.0.0.1:12345",
-            stats_bind: ":8404",
-            server_extra: " resolvers egress-dns init-addr last,none",
-            state_file: "/var/lib/haproxy/server-state",
-        },
-        policy,
-    )
+    let profile = container_profile(
+        "k8s",
+        "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
+         # Kubernetes profile (k8s/base): servers are Services, the SPOA is a sidecar.",
+        "    # Runtime API: a local socket, and TCP for egress-checker (port 9999, open only to the\n    \
+         # checker by the NetworkPolicy in k8s/base).\n    \
+         stats socket /var/run/haproxy/admin.sock mode 600 level admin\n    \
+         stats socket ipv4@0.0.0.0:9999 level admin",
+        ", and the servers' Service names are re-resolved\n# through it at run time (a recreated Service gets a new ClusterIP)",
+    );
+    render(template, &servers, &profile, policy)
+}
+
+/// The profile of a containerised HAProxy (Kubernetes, compose): the SPOA on 127.0.0.1:12345 in
+/// HAProxy's network namespace, the agent address from `EGRESS_AGENT_ADDR`, server names resolved
+/// at run time.
+fn container_profile<'a>(
+    name: &'a str,
+    header: &'a str,
+    stats_sockets: &'a str,
+    resolvers_use: &'a str,
+) -> Profile<'a> {
+    Profile {
+        header,
+        run_as: "",
+        stats_sockets,
+        nameservers: "    parse-resolv-conf",
+        resolvers_use,
+        name,
+        bind: ":3128",
+        spoe_conf: "spoe-egress.conf",
+        agent_addr: "\"${EGRESS_AGENT_ADDR}\"",
+        agent_port: "5555",
+        spoa_addr: "127.0.0.1:12345",
+        stats_bind: ":8404",
+        server_extra: " resolvers egress-dns init-addr last,none",
+        state_file: "/var/lib/haproxy/server-state",
+    }
 }
 
 /// The servers of the docker-compose profile: the first [`COMPOSE_GLOBAL`] servers of the global pool
@@ -321,31 +334,17 @@ pub fn render_compose(template: &str, pool: &[PoolServer], policy: &EntryPolicy)
             )
         })
         .collect();
-    render(
-        template,
-        &servers,
-        &Profile {
-            header: "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
-                     # docker-compose profile (deploy/compose): servers are the gluetun services.",
-            run_as: "",
-            stats_sockets: "    # Runtime API: a local socket, and TCP for egress-checker on the compose network (port 9999,\n    \
-                            # not published on the host).\n    \
-                            stats socket /var/run/haproxy/admin.sock mode 600 level admin\n    \
-                            stats socket ipv4@0.0.0.0:9999 level admin",
-            nameservers: "    parse-resolv-conf",
-            resolvers_use: ", and the gluetun services' names are re-resolved\n# through it at run time (a recreated container gets a new address)",
-            name: "compose",
-            bind: ":3128",
-            spoe_conf: "spoe-egress.conf",
-            agent_addr: "\"${EGRESS_AGENT_ADDR}\"",
-            agent_port: "5555",
-            spoa_addr: "127.0.0.1:12345",
-            stats_bind: ":8404",
-            server_extra: " resolvers egress-dns init-addr last,none",
-            state_file: "/var/lib/haproxy/server-state",
-        },
-        policy,
-    )
+    let profile = container_profile(
+        "compose",
+        "GENERATED from haproxy/haproxy.cfg.in and haproxy/pool.txt by scripts/gen-config: edit those.\n\
+         # docker-compose profile (deploy/compose): servers are the gluetun services.",
+        "    # Runtime API: a local socket, and TCP for egress-checker on the compose network (port 9999,\n    \
+         # not published on the host).\n    \
+         stats socket /var/run/haproxy/admin.sock mode 600 level admin\n    \
+         stats socket ipv4@0.0.0.0:9999 level admin",
+        ", and the gluetun services' names are re-resolved\n# through it at run time (a recreated container gets a new address)",
+    );
+    render(template, &servers, &profile, policy)
 }
 
 /// `deploy/compose/compose.yaml`'s generated tail: one gluetun service per compose server.
