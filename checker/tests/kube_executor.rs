@@ -339,7 +339,10 @@ fn executor(url: &str, container: Option<&str>) -> KubernetesExecutor {
         deployment: "egress-{server}".into(),
         deployments: BTreeMap::new(),
         container: container.map(str::to_owned),
-        env: "SERVER_HOSTNAMES".into(),
+        // The default variable, and g01's own (its locations are hostnames): the patch must name
+        // SERVER_HOSTNAMES, which only the per-server entry gives.
+        env: "SERVER_COUNTRIES".into(),
+        envs: BTreeMap::from([("egress/g01".to_owned(), "SERVER_HOSTNAMES".to_owned())]),
         restart_annotation: ANNOTATION.into(),
         poll_interval: Duration::from_millis(50),
         api_url: Some(url.into()),

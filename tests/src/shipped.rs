@@ -46,6 +46,9 @@ pub struct PoolServer {
     pub vm_address: String,
     /// Exit location (gluetun `SERVER_COUNTRIES`).
     pub location: String,
+    /// VPN server hostnames in that location to rotate through (gluetun `SERVER_HOSTNAMES`), when
+    /// the pool line lists them after `|`; empty: the server rotates within its country.
+    pub hostnames: Vec<String>,
 }
 
 /// Parses `haproxy/pool.txt`: `backend server address location...`, `#` comments.
@@ -56,6 +59,22 @@ pub fn parse_pool(text: &str) -> anyhow::Result<Vec<PoolServer>> {
         if line.is_empty() {
             continue;
         }
+        let (line, hostnames) = match line.split_once('|') {
+            Some((l, h)) => (
+                l.trim(),
+                h.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
+            ),
+            None => (line, Vec::new()),
+        };
+        anyhow::ensure!(
+            hostnames.iter().all(|h| !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')),
+            "pool line {}: hostnames after `|` are lowercase letters, digits, `-` and `.`",
+            i + 1
+        );
+        let line_has_hostnames = !hostnames.is_empty();
         let mut words = line.split_whitespace();
         let (Some(backend), Some(name), Some(addr)) = (words.next(), words.next(), words.next()) else {
             anyhow::bail!("pool line {}: expected `backend server address location`", i + 1);
@@ -79,11 +98,17 @@ pub fn parse_pool(text: &str) -> anyhow::Result<Vec<PoolServer>> {
             "pool line {}: server {name} listed twice",
             i + 1
         );
+        anyhow::ensure!(
+            !line_has_hostnames || hostnames.len() >= 2,
+            "pool line {}: list at least two hostnames to rotate between (or none)",
+            i + 1
+        );
         servers.push(PoolServer {
             backend: backend.to_owned(),
             name: name.to_owned(),
             vm_address: addr.to_owned(),
             location,
+            hostnames,
         });
     }
     anyhow::ensure!(!servers.is_empty(), "the pool lists no server");
@@ -361,10 +386,14 @@ pub fn render_compose_backends(current: &str, pool: &[PoolServer]) -> anyhow::Re
     <<: *gluetun
     environment:
       <<: *gluetun-env
-      SERVER_COUNTRIES: \"{location}\"
+      SERVER_COUNTRIES: \"{location}\"{hostnames}
 ",
             svc = compose_service(&s),
             location = s.location,
+            hostnames = match s.hostnames.first() {
+                Some(h) => format!("\n      SERVER_HOSTNAMES: \"{h}\""),
+                None => String::new(),
+            },
         )?;
     }
     Ok(out)
@@ -465,7 +494,7 @@ spec:
                 name: egress-backend-common
           env:
             - name: SERVER_COUNTRIES
-              value: \"{location}\"
+              value: \"{location}\"{hostnames}
             - name: WIREGUARD_PRIVATE_KEY
               valueFrom:
                 secretKeyRef:
@@ -517,6 +546,10 @@ spec:
             backend = s.backend,
             name = s.name,
             location = s.location,
+            hostnames = match s.hostnames.first() {
+                Some(h) => format!("\n            - name: SERVER_HOSTNAMES\n              value: \"{h}\""),
+                None => String::new(),
+            },
         )?;
     }
     Ok(out)
@@ -563,7 +596,20 @@ pub fn render_k8s_checker(current: &str, pool: &[PoolServer]) -> anyhow::Result<
         .context("k8s/base/checker/checker.toml has no GENERATED marker line")?;
     let mut out = format!("{head}{K8S_CHECKER_MARK}[rotation.locations]\n");
     for s in pool {
-        writeln!(out, "\"{}/{}\" = [{:?}]", s.backend, s.name, s.location)?;
+        let list: Vec<String> = if s.hostnames.is_empty() {
+            vec![format!("{:?}", s.location)]
+        } else {
+            s.hostnames.iter().map(|h| format!("{h:?}")).collect()
+        };
+        writeln!(out, "\"{}/{}\" = [{}]", s.backend, s.name, list.join(", "))?;
+    }
+    // The servers whose locations are hostnames rotate through SERVER_HOSTNAMES.
+    let by_hostname: Vec<&PoolServer> = pool.iter().filter(|s| !s.hostnames.is_empty()).collect();
+    if !by_hostname.is_empty() {
+        out.push_str("\n[rotation.executor.envs]\n");
+        for s in by_hostname {
+            writeln!(out, "\"{}/{}\" = \"SERVER_HOSTNAMES\"", s.backend, s.name)?;
+        }
     }
     Ok(out)
 }
@@ -630,6 +676,29 @@ mod tests {
     fn parses_the_pool_and_rejects_bad_lines() {
         let pool = parse_pool("# c\negress g01 10.0.0.1:8888 United States # x\n").unwrap();
         assert_eq!(pool[0].location, "United States");
+        assert!(pool[0].hostnames.is_empty());
+        let pool =
+            parse_pool("egress g01 10.0.0.1:8888 Netherlands | nl-ams-wg-001 nl-ams-wg-002\n").unwrap();
+        assert_eq!(
+            (pool[0].location.as_str(), pool[0].hostnames.len()),
+            ("Netherlands", 2)
+        );
+        let checker = render_k8s_checker(&format!("head\n{K8S_CHECKER_MARK}"), &pool).unwrap();
+        assert!(
+            checker.contains("\"egress/g01\" = [\"nl-ams-wg-001\", \"nl-ams-wg-002\"]"),
+            "{checker}"
+        );
+        assert!(
+            checker.contains("[rotation.executor.envs]\n\"egress/g01\" = \"SERVER_HOSTNAMES\""),
+            "{checker}"
+        );
+        assert!(
+            render_k8s_backends(&pool)
+                .unwrap()
+                .contains("name: SERVER_HOSTNAMES\n              value: \"nl-ams-wg-001\"")
+        );
+        assert!(parse_pool("egress g01 10.0.0.1:8888 NL | only-one\n").is_err());
+        assert!(parse_pool("egress g01 10.0.0.1:8888 NL | Bad_Host x\n").is_err());
         assert!(parse_pool("egress g01 nowhere Spain\n").is_err());
         assert!(parse_pool("egress g01 10.0.0.1:8888\n").is_err());
         assert!(parse_pool("egress g01 10.0.0.1:1 A\negress g01 10.0.0.2:1 B\n").is_err());

@@ -215,6 +215,10 @@ pub struct KubernetesExecutorConfig {
     /// The env variable that receives the location.
     #[serde(default = "d_env")]
     pub env: String,
+    /// Per `backend/server`, another variable than `env` (e.g. SERVER_HOSTNAMES for the servers
+    /// whose locations are VPN server hostnames: haproxy/pool.txt).
+    #[serde(default)]
+    pub envs: BTreeMap<String, String>,
     /// The pod-template annotation set to the time of the restart (what `kubectl rollout restart`
     /// does with `kubectl.kubernetes.io/restartedAt`); it also marks the new pod.
     #[serde(default = "d_annotation")]
@@ -242,6 +246,13 @@ fn d_k8s_poll() -> Duration {
 }
 
 impl KubernetesExecutorConfig {
+    /// The env variable that receives `backend/server`'s location.
+    pub fn env_of(&self, backend: &str, server: &str) -> &str {
+        self.envs
+            .get(&format!("{backend}/{server}"))
+            .map_or(self.env.as_str(), String::as_str)
+    }
+
     /// The Deployment name of `backend/server`.
     pub fn deployment_of(&self, backend: &str, server: &str) -> String {
         match self.deployments.get(&format!("{backend}/{server}")) {

@@ -129,7 +129,7 @@ impl KubernetesExecutor {
             "kubernetes: patch Deployment {}/{} (env {}={location:?}, annotation {}=<now>), wait for the new pod to be Ready",
             self.cfg.namespace.as_deref().unwrap_or("<default namespace>"),
             self.cfg.deployment_of(backend, server),
-            self.cfg.env,
+            self.cfg.env_of(backend, server),
             self.cfg.restart_annotation,
         )
     }
@@ -147,10 +147,11 @@ impl KubernetesExecutor {
         let name = self.cfg.deployment_of(backend, server);
         let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
         let d = get_deployment(&api, ns, &name).await?;
-        self.check(ns, &name, &d).map(|_| ())
+        self.check(ns, &name, self.cfg.env_of(backend, server), &d)
+            .map(|_| ())
     }
 
-    fn check(&self, ns: &str, name: &str, d: &Deployment) -> Result<Checked, String> {
+    fn check(&self, ns: &str, name: &str, env: &str, d: &Deployment) -> Result<Checked, String> {
         let spec = d
             .spec
             .as_ref()
@@ -191,11 +192,11 @@ impl KubernetesExecutor {
             .env
             .iter()
             .flatten()
-            .any(|e| e.name == self.cfg.env && e.value_from.is_some());
+            .any(|e| e.name == env && e.value_from.is_some());
         if from_ref {
             return Err(format!(
-                "Deployment {ns}/{name}: container {} takes {} from valueFrom; the rotation sets a plain value",
-                container.name, self.cfg.env
+                "Deployment {ns}/{name}: container {} takes {env} from valueFrom; the rotation sets a plain value",
+                container.name
             ));
         }
         Ok(Checked {
@@ -220,14 +221,14 @@ impl KubernetesExecutor {
             let name = self.cfg.deployment_of(backend, server);
             let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
             let d = get_deployment(&deployments, ns, &name).await?;
-            let checked = self.check(ns, &name, &d)?;
+            let checked = self.check(ns, &name, self.cfg.env_of(backend, server), &d)?;
             let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             let patch = json!({
                 "spec": {"template": {
                     "metadata": {"annotations": {&self.cfg.restart_annotation: &stamp}},
                     "spec": {"containers": [{
                         "name": checked.container,
-                        "env": [{"name": &self.cfg.env, "value": location}],
+                        "env": [{"name": self.cfg.env_of(backend, server), "value": location}],
                     }]},
                 }}
             });
@@ -235,7 +236,7 @@ impl KubernetesExecutor {
                 .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                 .await
                 .map_err(|e| format!("patching Deployment {ns}/{name}: {}", api_error(&e)))?;
-            tracing::info!(deployment = %format!("{ns}/{name}"), env = %self.cfg.env, %location, restarted_at = %stamp, "patched; waiting for the new pod");
+            tracing::info!(deployment = %format!("{ns}/{name}"), env = %self.cfg.env_of(backend, server), %location, restarted_at = %stamp, "patched; waiting for the new pod");
             let generation = patched.metadata.generation.unwrap_or(0);
             let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
             loop {
