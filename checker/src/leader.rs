@@ -71,11 +71,19 @@ async fn run(url: String, key: i64, flag: Arc<AtomicBool>, gauge: IntGauge, shut
             c = tokio::time::timeout(QUERY_TIMEOUT, sqlx::PgConnection::connect(&url)) => c,
         };
         if let Ok(Ok(mut conn)) = conn {
+            let mut held = false;
             loop {
-                let q = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(key);
+                // Holding the lock: only check that the session (and so the lock) still lives.
+                let q = if held {
+                    sqlx::query_scalar::<_, bool>("SELECT true")
+                } else {
+                    sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(key)
+                };
                 match tokio::time::timeout(QUERY_TIMEOUT, q.fetch_one(&mut conn)).await {
-                    // A session may take its own lock again: `true` while this one holds it.
-                    Ok(Ok(held)) => set(held),
+                    Ok(Ok(got)) => {
+                        held = got;
+                        set(held);
+                    }
                     // The session is gone, and the lock with it; keep the role until the next
                     // session says otherwise (during an outage nobody else can take it).
                     _ => break,

@@ -203,8 +203,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Where MAINT states are read: the backend source's runtime API, else the first rotation instance.
-fn maint_api(cfg: &Config) -> Option<runtime_api::RuntimeApi> {
+/// Where MAINT states (and self-healing's stats) are read: the backend source's runtime API, else
+/// the first rotation instance.
+pub(crate) fn maint_api(cfg: &Config) -> Option<runtime_api::RuntimeApi> {
     let addr = cfg
         .backends
         .runtime_api

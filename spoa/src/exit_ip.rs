@@ -68,8 +68,15 @@ pub struct ExitIps {
     wake: Notify,
     /// Why the pending wake-up was asked for (the first cause since the last reload).
     cause: Mutex<Option<Reload>>,
-    /// When a lookup last asked for a reload.
-    last_unknown_wake: Mutex<Option<Instant>>,
+    /// When a lookup last asked for a reload: milliseconds since [`epoch`] + 1 (0: never). An
+    /// atomic: it is read on the request path for every unknown server.
+    last_unknown_wake: AtomicU64,
+}
+
+/// The process's reference instant for [`ExitIps::request_reload_for_unknown`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl ExitIps {
@@ -119,13 +126,20 @@ impl ExitIps {
     /// A lookup missed: ask for a reload, at most once per [`UNKNOWN_RELOAD_EVERY`]. Returns
     /// whether it asked.
     pub fn request_reload_for_unknown(&self) -> bool {
-        let now = Instant::now();
-        let mut last = self.last_unknown_wake.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_RELOAD_EVERY) {
+        let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.last_unknown_wake.load(Ordering::Relaxed);
+        let every = u64::try_from(UNKNOWN_RELOAD_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < every {
             return false;
         }
-        *last = Some(now);
-        drop(last);
+        // One caller wins the slot; the others of the same instant do not ask again.
+        if self
+            .last_unknown_wake
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
         self.request_reload(Reload::UnknownServer);
         true
     }
@@ -273,6 +287,16 @@ impl ExitIpSource for FileExitIpSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_servers_ask_for_one_reload_per_interval() {
+        let ips = ExitIps::new();
+        assert!(ips.request_reload_for_unknown());
+        assert!(
+            !ips.request_reload_for_unknown(),
+            "a second miss within the interval asks nothing"
+        );
+    }
 
     #[test]
     fn parses_lines_and_reports_bad_ones() {

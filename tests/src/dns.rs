@@ -64,7 +64,7 @@ impl Dnsmasq {
             let log = child.logs();
             child.kill();
             let error = anyhow::anyhow!("dnsmasq did not start:\n{}", tail(&log));
-            if !is_addr_in_use(&log) && !log.contains("Address already in use") {
+            if !is_addr_in_use(&log) {
                 return Err(error);
             }
             last = Some(error);

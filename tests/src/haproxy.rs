@@ -40,6 +40,27 @@ defaults
     timeout server 30s
 ";
 
+/// The HAProxy rotation tests drive: a source-hashed TCP pool `listen egress` of `servers` (checked
+/// every 300 ms), the runtime API on `{{RUNTIME_SOCKET}}`, plus one `stats socket` line per entry of
+/// `extra_sockets` (e.g. `ipv4@127.0.0.2:9999 level admin`).
+pub fn rotation_pool_config(extra_sockets: &[&str], servers: &[(&str, std::net::SocketAddr)]) -> String {
+    let mut text = String::from(
+        "global\n    log stdout format raw local0\n    stats socket {{RUNTIME_SOCKET}} mode 600 level admin\n",
+    );
+    for s in extra_sockets {
+        text.push_str(&format!("    stats socket {s}\n"));
+    }
+    text.push_str(
+        "    stats timeout 30s\n\ndefaults\n    log global\n    mode tcp\n    timeout connect 2s\n    \
+         timeout client 60s\n    timeout server 60s\n\nlisten egress\n    bind 127.0.0.1:{{PORT0}}\n    \
+         balance source\n    hash-type consistent\n    default-server weight 100 check inter 300ms fall 2 rise 1\n",
+    );
+    for (name, addr) in servers {
+        text.push_str(&format!("    server {name} {addr}\n"));
+    }
+    text
+}
+
 /// A server-state file with no server: the format version line alone. HAProxy 2.6 warns about a
 /// missing or empty file, not about this one.
 pub const EMPTY_SERVER_STATE: &str = "1\n";
@@ -225,6 +246,19 @@ impl Haproxy {
         old.wait_timeout(Duration::from_secs(5));
         self.earlier_logs.push_str(&old.logs());
         Ok(())
+    }
+
+    /// `srv_admin_state` of `server` in `show servers state` (0 ready, 1 forced maint, 8 drain),
+    /// or "" when there is none.
+    pub fn admin_state(&self, server: &str) -> String {
+        self.show_servers_state()
+            .ok()
+            .and_then(|rows| {
+                rows.into_iter()
+                    .find(|r| r.get("srv_name").map(String::as_str) == Some(server))
+                    .and_then(|r| r.get("srv_admin_state").cloned())
+            })
+            .unwrap_or_default()
     }
 
     /// SIGKILLs HAProxy, as a crash: its listeners are gone at once.

@@ -32,28 +32,9 @@ const S1_FIRST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 const S2_FIRST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 12);
 
 fn haproxy_config(s1: SocketAddr, s2: SocketAddr) -> String {
-    format!(
-        "global
-    log stdout format raw local0
-    stats socket {{{{RUNTIME_SOCKET}}}} mode 600 level admin
-    stats socket {{{{DIR}}}}/user.sock mode 600 level user
-    stats timeout 30s
-
-defaults
-    log global
-    mode tcp
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-
-listen {BACKEND}
-    bind 127.0.0.1:{{{{PORT0}}}}
-    balance source
-    hash-type consistent
-    default-server weight 100 check inter 300ms fall 2 rise 1
-    server s1 {s1}
-    server s2 {s2}
-"
+    egress_e2e::haproxy::rotation_pool_config(
+        &["{{DIR}}/user.sock mode 600 level user"],
+        &[("s1", s1), ("s2", s2)],
     )
 }
 
@@ -138,13 +119,7 @@ impl Rig {
     }
 
     fn admin_state(&self, server: &str) -> String {
-        self.haproxy
-            .show_servers_state()
-            .unwrap()
-            .into_iter()
-            .find(|r| r.get("srv_name").map(String::as_str) == Some(server))
-            .and_then(|r| r.get("srv_admin_state").cloned())
-            .unwrap_or_default()
+        self.haproxy.admin_state(server)
     }
 
     /// A checker config with a `[rotation]` section; `instances` and `locations` as given (TOML).

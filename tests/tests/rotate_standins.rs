@@ -65,40 +65,10 @@ fn pod(name: &str, ip: &str, ready: bool) -> serde_json::Value {
 }
 
 fn replica(ip: Ipv4Addr, api_port: u16, s1: SocketAddr, s2: SocketAddr) -> anyhow::Result<Haproxy> {
-    Haproxy::start(&format!(
-        "global
-    log stdout format raw local0
-    stats socket {{{{RUNTIME_SOCKET}}}} mode 600 level admin
-    stats socket ipv4@{ip}:{api_port} level admin
-    stats timeout 30s
-
-defaults
-    log global
-    mode tcp
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-
-listen egress
-    bind 127.0.0.1:{{{{PORT0}}}}
-    balance source
-    hash-type consistent
-    default-server weight 100 check inter 300ms fall 2 rise 1
-    server s1 {s1}
-    server s2 {s2}
-"
+    Haproxy::start(&egress_e2e::haproxy::rotation_pool_config(
+        &[&format!("ipv4@{ip}:{api_port} level admin")],
+        &[("s1", s1), ("s2", s2)],
     ))
-}
-
-fn admin_state(h: &Haproxy, server: &str) -> String {
-    h.show_servers_state()
-        .ok()
-        .and_then(|rows| {
-            rows.into_iter()
-                .find(|r| r.get("srv_name").map(String::as_str) == Some(server))
-                .and_then(|r| r.get("srv_admin_state").cloned())
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -163,7 +133,7 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
         anyhow::ensure!(Instant::now() < deadline, "rotation did not end in 60 s");
         for (i, h) in [&a, &b].iter().enumerate() {
             // srv_admin_state 1 = forced maintenance.
-            maint_seen[i] |= admin_state(h, "s1") == "1";
+            maint_seen[i] |= h.admin_state("s1") == "1";
         }
         egress_e2e::executor::serve_restart(dir.path(), "s1", |ip| s1.restart(ip))?;
         std::thread::sleep(Duration::from_millis(20));
@@ -180,7 +150,7 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
         "maint was not set on every discovered replica"
     );
     for h in [&a, &b] {
-        assert_eq!(admin_state(h, "s1"), "0", "s1 not ready again on every replica");
+        assert_eq!(h.admin_state("s1"), "0", "s1 not ready again on every replica");
     }
     let history = checker(&["history", "egress/s1", "--since", "1h", "--json"])?;
     let events: serde_json::Value = serde_json::from_slice(&history.stdout)?;
@@ -219,7 +189,7 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
         "{text}"
     );
     for h in [&a, &b] {
-        assert_eq!(admin_state(h, "s2"), "0");
+        assert_eq!(h.admin_state("s2"), "0");
     }
     Ok(())
 }
@@ -299,7 +269,7 @@ fn the_gluetun_executor_rotates_through_the_control_server() -> anyhow::Result<(
     println!("ROTATE through gluetun's control server:\n{text}");
     anyhow::ensure!(out.status.success(), "rotate failed:\n{text}");
     assert!(text.contains("127.0.0.11 → 127.0.0.21"), "{text}");
-    assert_eq!(admin_state(&h, "s1"), "0");
+    assert_eq!(h.admin_state("s1"), "0");
     let puts: Vec<_> = gluetun
         .requests()
         .into_iter()
@@ -320,6 +290,6 @@ fn the_gluetun_executor_rotates_through_the_control_server() -> anyhow::Result<(
     println!("ROTATE with a wrong gluetun API key:\n{text}");
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("answered 401"), "{text}");
-    assert_eq!(admin_state(&h, "s1"), "1");
+    assert_eq!(h.admin_state("s1"), "1");
     Ok(())
 }

@@ -192,6 +192,39 @@ fn measure(log: &Mutex<Vec<Attempt>>, fault: Instant) -> Option<(f64, usize, Str
     ))
 }
 
+/// The exit IP of steady traffic since `since`: 10 requests or more, all successful.
+fn steady(log: &Mutex<Vec<Attempt>>, since: Instant) -> Option<String> {
+    let l = log.lock().unwrap_or_else(|e| e.into_inner());
+    let recent: Vec<&Attempt> = l.iter().filter(|a| a.started >= since).collect();
+    (recent.len() >= 10 && recent.iter().all(|a| a.exit.is_some()))
+        .then(|| recent[0].exit.clone().unwrap_or_default())
+}
+
+/// Waits for steady traffic, applies `fault`, waits for the first success after it: (seconds to
+/// it, requests failed in between, the exit IP before, the exit IP after).
+fn fault_and_measure(
+    log: &Mutex<Vec<Attempt>>,
+    what: &str,
+    fault: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, usize, String, String)> {
+    let warm = Instant::now();
+    anyhow::ensure!(
+        wait_until(Duration::from_secs(10), || steady(log, warm).is_some()),
+        "no steady traffic through the VIP before {what}"
+    );
+    let before = steady(log, warm).unwrap_or_default();
+    let at = Instant::now();
+    fault()?;
+    anyhow::ensure!(
+        wait_until(Duration::from_secs(15), || measure(log, at).is_some()),
+        "no request succeeded within 15 s of {what}"
+    );
+    // Let the requests started just before the success end, so the failure count is complete.
+    std::thread::sleep(Duration::from_millis(500));
+    let (secs, failed, after) = measure(log, at).unwrap_or_default();
+    Ok((secs, failed, before, after))
+}
+
 fn master(seg: &Segment) -> Option<&'static str> {
     match (seg.has_addr("n1", VIP), seg.has_addr("n2", VIP)) {
         (true, false) => Some("n1"),
@@ -249,34 +282,20 @@ fn vrrp_pair_fails_over_within_three_seconds_and_keeps_the_clients_backend() -> 
         let (ns, stop, log) = (seg.path("cl"), stop.clone(), log.clone());
         std::thread::spawn(move || client(ns, echo_addr, stop, log))
     };
-    let steady = |log: &Mutex<Vec<Attempt>>, since: Instant| -> Option<String> {
-        let l = log.lock().unwrap_or_else(|e| e.into_inner());
-        let recent: Vec<&Attempt> = l.iter().filter(|a| a.started >= since).collect();
-        (recent.len() >= 10 && recent.iter().all(|a| a.exit.is_some()))
-            .then(|| recent[0].exit.clone().unwrap_or_default())
-    };
     let mut results = Vec::new();
 
     // Fault 1: the master's HAProxy crashes.
-    let warm = Instant::now();
-    anyhow::ensure!(
-        wait_until(Duration::from_secs(10), || steady(&log, warm).is_some()),
-        "no steady traffic through the VIP before the faults"
-    );
-    let before = steady(&log, warm).unwrap_or_default();
-    let fault = Instant::now();
-    if let Some(h) = haproxy[0].as_mut() {
-        h.kill();
-    }
-    let over = wait_until(Duration::from_secs(15), || measure(&log, fault).is_some());
-    anyhow::ensure!(over, "no request succeeded within 15 s of killing n1's HAProxy");
-    std::thread::sleep(Duration::from_millis(500));
-    let (secs, failed, after) = measure(&log, fault).unwrap_or_default();
+    let (secs, failed, before, after) = fault_and_measure(&log, "n1's HAProxy killed", || {
+        if let Some(h) = haproxy[0].as_mut() {
+            h.kill();
+        }
+        Ok(())
+    })?;
     println!(
         "FAILOVER {secs:.2} s (HAProxy killed on the master n1; {failed} requests failed; exit IP {before} before, {after} after; VIP on {:?})",
         master(&seg)
     );
-    results.push(("haproxy killed", secs, failed, before.clone(), after));
+    results.push(("haproxy killed", secs, failed, before, after));
 
     // Back to a healthy pair: n1's HAProxy again (nopreempt: n2 keeps the VIP).
     haproxy[0] = Some(Haproxy::start_in(&config, &seg.ns("n1"))?);
@@ -288,18 +307,8 @@ fn vrrp_pair_fails_over_within_three_seconds_and_keeps_the_clients_backend() -> 
     );
 
     // Fault 2: the new master's link goes down.
-    let warm = Instant::now();
-    anyhow::ensure!(
-        wait_until(Duration::from_secs(10), || steady(&log, warm).is_some()),
-        "no steady traffic through n2"
-    );
-    let before = steady(&log, warm).unwrap_or_default();
-    let fault = Instant::now();
-    seg.set_link("n2", false)?;
-    let over = wait_until(Duration::from_secs(15), || measure(&log, fault).is_some());
-    anyhow::ensure!(over, "no request succeeded within 15 s of n2's link going down");
-    std::thread::sleep(Duration::from_millis(500));
-    let (secs, failed, after) = measure(&log, fault).unwrap_or_default();
+    let (secs, failed, before, after) =
+        fault_and_measure(&log, "n2's link down", || seg.set_link("n2", false))?;
     println!(
         "FAILOVER {secs:.2} s (link down on the master n2; {failed} requests failed; exit IP {before} before, {after} after; VIP on n1: {})",
         seg.has_addr("n1", VIP)

@@ -86,6 +86,7 @@ pub async fn run(
         .filter_map(|k| k.split_once('/'))
         .map(|(b, s)| (b.to_owned(), s.to_owned()))
         .collect();
+    let stats_api = crate::maint_api(&cfg);
     let every = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     tracing::info!(after = %humantime::format_duration(after), min_healthy = rot.min_healthy, "self-healing rotations on");
     loop {
@@ -96,15 +97,19 @@ pub async fn run(
         if !leader.is_leader() {
             continue;
         }
-        let fleet = match rotator.current_fleet().await {
-            Ok(f) => f,
-            Err(error) => {
-                tracing::warn!(%error, "self-healing: cannot find the HAProxy instances");
-                continue;
-            }
+        // The stats come from the checker's own runtime API (any replica holds the same states);
+        // the HAProxy replicas are discovered only when a rotation is due (its plan does it).
+        let api = match &stats_api {
+            Some(api) => api.clone(),
+            None => match rotator.current_fleet().await {
+                Ok(f) => f.instances()[0].clone(),
+                Err(error) => {
+                    tracing::warn!(%error, "self-healing: cannot find the HAProxy instances");
+                    continue;
+                }
+            },
         };
-        let first = &fleet.instances()[0];
-        let rows = match first.show_stat().await {
+        let rows = match api.show_stat().await {
             Ok(r) => r,
             Err(error) => {
                 tracing::warn!(%error, "self-healing: cannot read show stat");
