@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(rows) = egress_checker::runtime_api::parse_show_stat(text) {
+        if let Ok(rows) = egress_haproxy_api::parse_show_stat(text) {
             // Typed fields and the by-name map agree.
             for r in rows {
                 assert_eq!(r.fields.get("pxname"), Some(&r.proxy));
@@ -14,6 +14,6 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(r.fields.get("status"), Some(&r.status));
             }
         }
-        let _ = egress_checker::runtime_api::parse_servers_state(text);
+        let _ = egress_haproxy_api::parse_servers_state(text);
     }
 });

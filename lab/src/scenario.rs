@@ -13,6 +13,7 @@ use egress_e2e::haproxy::Haproxy;
 use egress_e2e::process::{ChildSpec, ManagedChild};
 use egress_e2e::tinyproxy::Tinyproxy;
 use egress_e2e::{bins::bin_path, ports::free_port, wait_until};
+use egress_haproxy_api::{AdminState, Fleet, RuntimeApi, RuntimeApiAddr};
 use tokio::time::Instant;
 
 use crate::load::{self, Load, Outcome, Sample};
@@ -559,25 +560,31 @@ fn sleep_until(start: Instant, at: Duration) {
     }
 }
 
-/// The drain-rotate sequence (what `egress-checker rotate` does), through the runtime API.
+/// The drain-rotate sequence of `egress-checker rotate`, through the same runtime-API fleet calls
+/// (egress-haproxy-api) and the rotation's drain wait, without the ledger and the exit-IP check.
 fn rotate_drain(h: &Haproxy, proxy: &mut Tinyproxy) -> anyhow::Result<()> {
-    let server = format!("{BACKEND}/{VICTIM}");
-    h.cmd(&format!("set server {server} state drain"))?;
-    // Sessions finish on their own; the deadline bounds a stuck one.
-    let drained = wait_until(Duration::from_secs(5), || {
-        h.stat(BACKEND, VICTIM)
-            .ok()
-            .flatten()
-            .and_then(|r| r.get("scur").and_then(|v| v.parse::<u64>().ok()))
-            == Some(0)
-    });
-    if !drained {
-        eprintln!("egress-lab: drain deadline passed with sessions left; cutting them");
-    }
-    h.cmd(&format!("shutdown sessions server {server}"))?;
-    h.cmd(&format!("set server {server} state maint"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let fleet = Fleet::new(vec![RuntimeApi::new(
+        RuntimeApiAddr::Unix(h.runtime_socket().to_path_buf()),
+        Duration::from_secs(2),
+    )]);
+    rt.block_on(async {
+        fleet.set_state(BACKEND, VICTIM, AdminState::Drain).await?;
+        // Sessions finish on their own; the deadline bounds a stuck one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let left = fleet
+            .wait_for_no_sessions(BACKEND, VICTIM, deadline, Duration::from_millis(50))
+            .await?;
+        if left > 0 {
+            eprintln!("egress-lab: drain deadline passed with {left} sessions left; cutting them");
+            fleet.shutdown_sessions(BACKEND, VICTIM).await?;
+        }
+        fleet.set_state(BACKEND, VICTIM, AdminState::Maint).await
+    })?;
     proxy.restart(exit_ip(0, 1))?;
-    h.cmd(&format!("set server {server} state ready"))?;
+    rt.block_on(fleet.set_state(BACKEND, VICTIM, AdminState::Ready))?;
     Ok(())
 }
 
@@ -661,18 +668,13 @@ fn server_row(h: &Haproxy, server: &str) -> Option<(String, u64)> {
 }
 
 fn row_via(socket: &std::path::Path) -> Option<(String, u64)> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"show stat\n").ok()?;
-    let mut text = String::new();
-    s.take(4 << 20).read_to_string(&mut text).ok()?;
-    let rows = egress_e2e::haproxy::parse_show_stat(&text).ok()?;
-    let row = rows.into_iter().find(|r| {
-        r.get("pxname").map(String::as_str) == Some(BACKEND)
-            && r.get("svname").map(String::as_str) == Some(VICTIM)
-    })?;
-    Some((row.get("status")?.clone(), row.get("weight")?.parse().ok()?))
+    let addr = RuntimeApiAddr::Unix(socket.to_path_buf());
+    let text = egress_haproxy_api::command_blocking(&addr, "show stat", Duration::from_secs(2)).ok()?;
+    let row = egress_haproxy_api::parse_show_stat(&text)
+        .ok()?
+        .into_iter()
+        .find(|r| r.proxy == BACKEND && r.name == VICTIM)?;
+    Some((row.status, row.weight))
 }
 
 fn backend_retries(h: &Haproxy) -> u64 {

@@ -4,7 +4,6 @@
 //! - [`attribution`]: aggregated "client used server/exit IP in this window" rows;
 //! - [`store`]: the Postgres store: batched writes, the exit-IP timeline, the `who` and `history` queries;
 //! - [`writer`]: the background writer with outage spooling ([`spool`]) and its metrics;
-//! - [`output`]: tables and JSON for the CLI, time and duration parsing.
 //!
 //! Schema: `migrations/`; design notes, query plans and figures: `docs/ledger.md`.
 #![forbid(unsafe_code)]
@@ -13,7 +12,6 @@ pub mod attribution;
 pub mod error;
 pub mod event;
 mod metrics;
-pub mod output;
 pub mod report;
 pub mod spool;
 pub mod store;

@@ -8,7 +8,9 @@ use egress_e2e::postgres::Postgres;
 use egress_ledger::{Actor, AttributionRow, ClientHash, Event, EventKind, LedgerError, ServerRef, Store};
 
 fn t(s: &str) -> DateTime<Utc> {
-    egress_ledger::output::parse_instant(s).unwrap()
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
 }
 
 fn ip(s: &str) -> IpAddr {

@@ -11,14 +11,13 @@
 //! in the captured output ([`Haproxy::logs`]).
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use egress_haproxy_api::RuntimeApiAddr;
 use nix::sys::signal::Signal;
 
 use crate::dirs::HarnessDir;
@@ -67,7 +66,6 @@ pub const EMPTY_SERVER_STATE: &str = "1\n";
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const CMD_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_ANSWER: usize = 16 * 1024 * 1024;
 const PORT_PLACEHOLDERS: usize = 10;
 
 /// A running HAProxy. Stopped on drop.
@@ -316,66 +314,23 @@ fn check(bin: &Path, config: &Path, dir: &Arc<HarnessDir>, zero_warning: bool) -
 }
 
 fn send(socket: &Path, command: &str) -> anyhow::Result<String> {
-    let mut stream =
-        UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
-    stream.set_read_timeout(Some(CMD_TIMEOUT))?;
-    stream.set_write_timeout(Some(CMD_TIMEOUT))?;
-    // Non-interactive mode: one command per connection, HAProxy closes after the answer.
-    stream.write_all(format!("{command}\n").as_bytes())?;
-    let mut answer = Vec::new();
-    stream.take(MAX_ANSWER as u64 + 1).read_to_end(&mut answer)?;
-    anyhow::ensure!(
-        answer.len() <= MAX_ANSWER,
-        "answer larger than {MAX_ANSWER} bytes"
-    );
-    Ok(String::from_utf8_lossy(&answer).into_owned())
+    let addr = RuntimeApiAddr::Unix(socket.to_path_buf());
+    egress_haproxy_api::command_blocking(&addr, command, CMD_TIMEOUT)
+        .with_context(|| format!("runtime API at {}", socket.display()))
 }
 
-/// Parses `show stat` CSV output ("# pxname,svname,..." header line).
+/// `show stat` rows keyed by the CSV header (pxname, svname, status, scur, ...), parsed by
+/// egress-haproxy-api's strict parser (a cut-off dump is an error, not fewer rows).
 pub fn parse_show_stat(text: &str) -> anyhow::Result<Vec<HashMap<String, String>>> {
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .and_then(|l| l.strip_prefix("# "))
-        .ok_or_else(|| anyhow::anyhow!("show stat: no header in {:?}", tail(text)))?;
-    let names: Vec<&str> = header.split(',').collect();
-    Ok(lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            // The header and every row end with a comma: skip the empty last column.
-            names
-                .iter()
-                .zip(line.split(','))
-                .filter(|(k, _)| !k.is_empty())
-                .map(|(k, v)| ((*k).to_owned(), v.to_owned()))
-                .collect()
-        })
+    Ok(egress_haproxy_api::parse_show_stat(text)?
+        .into_iter()
+        .map(|r| r.fields)
         .collect())
 }
 
-/// Parses `show servers state` output (a version line, a "# be_id be_name ..." header, rows).
+/// `show servers state` rows keyed by the header (be_name, srv_name, srv_op_state, ...).
 pub fn parse_servers_state(text: &str) -> anyhow::Result<Vec<HashMap<String, String>>> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let version = lines.next().unwrap_or_default().trim();
-    anyhow::ensure!(
-        version == "1",
-        "show servers state: unexpected version line {version:?}"
-    );
-    let header = lines
-        .next()
-        .and_then(|l| l.strip_prefix("# "))
-        .ok_or_else(|| anyhow::anyhow!("show servers state: no header in {:?}", tail(text)))?;
-    let names: Vec<&str> = header.split_whitespace().collect();
-    Ok(lines
-        .filter(|l| !l.starts_with('#'))
-        .map(|line| {
-            names
-                .iter()
-                .zip(line.split_whitespace())
-                .map(|(k, v)| ((*k).to_owned(), v.to_owned()))
-                .collect()
-        })
-        .collect())
+    Ok(egress_haproxy_api::parse_servers_state(text)?)
 }
 
 /// The shipped SPOE engine file (`haproxy/spoe-egress.conf`) copied into `dir` exactly as shipped
@@ -416,42 +371,4 @@ pub const SHIPPED_PROCESSING_MS: u64 = 15;
 fn shipped_spoe_text() -> anyhow::Result<String> {
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../haproxy/spoe-egress.conf");
     std::fs::read_to_string(&shipped).map_err(|e| anyhow::anyhow!("{}: {e}", shipped.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Both captured from HAProxy 2.6.12 (one listen section, servers b1 with a failing check, b2 without).
-    const SHOW_STAT: &str = include_str!("testdata/show_stat.csv");
-    const SERVERS_STATE: &str = include_str!("testdata/servers_state.txt");
-
-    #[test]
-    fn parses_show_stat_rows_by_header() {
-        let rows = parse_show_stat(SHOW_STAT).unwrap();
-        let names: Vec<_> = rows.iter().map(|r| r["svname"].as_str()).collect();
-        assert_eq!(names, ["FRONTEND", "b1", "b2", "BACKEND"]);
-        assert_eq!(rows[1]["status"], "DOWN");
-        assert_eq!(rows[1]["check_desc"], "Layer4 connection problem");
-        assert_eq!(rows[2]["status"], "no check");
-        assert_eq!(rows[2]["addr"], "127.0.0.1:10");
-        assert!(rows.iter().all(|r| !r.contains_key("")));
-    }
-
-    #[test]
-    fn parses_servers_state_rows_by_header() {
-        let rows = parse_servers_state(SERVERS_STATE).unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0]["be_name"], "egress");
-        assert_eq!(rows[0]["srv_name"], "b1");
-        assert_eq!(rows[0]["srv_op_state"], "0");
-        assert_eq!(rows[1]["srv_op_state"], "2");
-        assert_eq!(rows[1]["srv_port"], "10");
-    }
-
-    #[test]
-    fn rejects_output_without_header() {
-        assert!(parse_show_stat("Unknown command\n").is_err());
-        assert!(parse_servers_state("Can't find backend.\n").is_err());
-    }
 }

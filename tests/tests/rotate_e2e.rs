@@ -294,7 +294,7 @@ fn drain_rotation_drops_no_client_and_an_abrupt_kill_does() {
 
     // The parser against this live HAProxy: show stat rows by header name.
     let live = rig.haproxy.cmd("show stat").unwrap();
-    let rows = egress_checker::runtime_api::parse_show_stat(&live).unwrap();
+    let rows = egress_haproxy_api::parse_show_stat(&live).unwrap();
     assert!(
         rows.iter()
             .any(|r| r.proxy == BACKEND && r.name == "s1" && r.status == "UP")
