@@ -15,8 +15,8 @@ use egress_report::{html, model};
 /// The report crate's sample events, shared with its unit tests (not compiled into the library).
 #[path = "../../report/src/sample.rs"]
 mod sample;
-use egress_e2e::postgres::Postgres;
-use egress_e2e::process::ChildSpec;
+use egress_harness::postgres::Postgres;
+use egress_harness::process::ChildSpec;
 use egress_ledger::{Actor, Event, EventKind, Store};
 use serde_json::Value;
 

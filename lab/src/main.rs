@@ -148,7 +148,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .build()?;
     let fixtures = Fixtures {
         target: rt.block_on(target::Target::start())?,
-        probe_echo: egress_e2e::echo::EchoServer::start()?,
+        probe_echo: egress_harness::echo::EchoServer::start()?,
     };
     let mut results: Vec<RunResult> = Vec::new();
     for (i, (fault, rung)) in runs.iter().enumerate() {

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use egress_e2e::echo::EchoServer;
-use egress_e2e::haproxy::Haproxy;
-use egress_e2e::process::{ChildSpec, ManagedChild};
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::{bins::bin_path, ports::free_port, wait_until};
 use egress_haproxy_api::{AdminState, Fleet, RuntimeApi, RuntimeApiAddr};
+use egress_harness::echo::EchoServer;
+use egress_harness::haproxy::Haproxy;
+use egress_harness::process::{ChildSpec, ManagedChild};
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::{bins::bin_path, ports::free_port, wait_until};
 use tokio::time::Instant;
 
 use crate::load::{self, Load, Outcome, Sample};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 fn quick_lab_meets_the_headline_figures() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     // Fails early, with the build hint, when the checker binary is missing.
-    egress_e2e::bins::bin_path("egress-checker")?;
+    egress_harness::bins::bin_path("egress-checker")?;
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_egress-lab"))
         .arg("--quick")
@@ -19,7 +19,7 @@ fn quick_lab_meets_the_headline_figures() -> anyhow::Result<()> {
         .arg(out.path())
         .env(
             "EGRESS_BIN_DIR",
-            egress_e2e::bins::bin_path("egress-checker")?
+            egress_harness::bins::bin_path("egress-checker")?
                 .parent()
                 .unwrap_or(out.path()),
         )

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use egress_e2e::postgres::Postgres;
+use egress_harness::postgres::Postgres;
 use egress_ledger::spool::SpoolReader;
 use egress_ledger::{Actor, Event, EventKind, LedgerWriter, Store, WriterConfig};
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,7 @@ async fn a_killed_writer_leaves_a_spool_that_a_new_writer_replays_once() -> anyh
         .stderr(Stdio::inherit())
         .spawn()?;
     let mut child = Child(child);
-    let came_up = egress_e2e::wait_until_async(Duration::from_secs(60), || {
+    let came_up = egress_harness::wait_until_async(Duration::from_secs(60), || {
         let ready = ready.clone();
         async move { ready.exists() }
     })
@@ -142,7 +142,7 @@ async fn crash_child() -> anyhow::Result<()> {
     for i in 0..N {
         handle.record_event(event(i));
     }
-    let all_spooled = egress_e2e::wait_until_async(Duration::from_secs(30), || {
+    let all_spooled = egress_harness::wait_until_async(Duration::from_secs(30), || {
         let h = handle.clone();
         async move { h.stats().events_spooled == N }
     })

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{SubsecRound, TimeDelta, Utc};
-use egress_e2e::postgres::Postgres;
+use egress_harness::postgres::Postgres;
 use egress_ledger::{Actor, AttributionRow, ClientHash, Event, EventKind, LedgerWriter, Store, WriterConfig};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
-use egress_e2e::postgres::Postgres;
+use egress_harness::postgres::Postgres;
 use egress_ledger::{Actor, AttributionRow, ClientHash, Event, EventKind, LedgerError, ServerRef, Store};
 
 fn t(s: &str) -> DateTime<Utc> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use egress_common::client_hash::HashKey;
-use egress_e2e::postgres::Postgres;
+use egress_harness::postgres::Postgres;
 use egress_ledger::{Actor, AttributionRow, ClientHash, Event, EventKind, LedgerWriter, Store, WriterConfig};
 use tokio_util::sync::CancellationToken;
 

@@ -126,7 +126,7 @@ fn tls_config() -> anyhow::Result<(String, CertificateDer<'static>, Arc<rustls::
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "egress-e2e test CA");
+        .push(DnType::CommonName, "egress-harness test CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);

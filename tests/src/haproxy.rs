@@ -99,7 +99,7 @@ impl Haproxy {
         anyhow::ensure!(
             config_text.contains("{{RUNTIME_SOCKET}}"),
             "the HAProxy config must declare `stats socket {{{{RUNTIME_SOCKET}}}} mode 600 level admin` \
-             (egress_e2e::haproxy::GLOBAL does)"
+             (egress_harness::haproxy::GLOBAL does)"
         );
         let bin = haproxy_program()?;
         let dir = Arc::new(HarnessDir::new("haproxy")?);

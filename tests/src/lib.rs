@@ -16,12 +16,14 @@
 //! spawner thread ([`process`]), and all temp dirs live under one root named with the owning test
 //! process's pid; the first harness use in a process sweeps the dirs of dead owners ([`dirs::sweep`]).
 
+/// The generator's entry policy and shipped-config rendering (egress-gen), re-exported for tests.
+pub use egress_gen::{entry, shipped};
+
 pub mod bins;
 pub mod client;
 pub mod dirs;
 pub mod dns;
 pub mod echo;
-pub mod entry;
 pub mod executor;
 pub mod fault;
 pub mod haproxy;
@@ -32,7 +34,6 @@ pub mod postgres;
 pub mod process;
 pub mod programs;
 mod runtime;
-pub mod shipped;
 pub mod stack;
 pub mod standin;
 pub mod tinyproxy;

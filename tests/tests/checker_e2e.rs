@@ -1,5 +1,5 @@
 //! egress-checker against the real HAProxy 2.6 running the shipped configuration (haproxy/haproxy.cfg.in
-//! rendered for test ports by `egress_e2e::shipped::haproxy_for_test`: the shipped server line
+//! rendered for test ports by `egress_harness::shipped::haproxy_for_test`: the shipped server line
 //! `weight 100 check inter 2s fall 3 rise 2 agent-check ... agent-inter 500ms`): tinyproxy backends
 //! (each with its own exit address), fault backends, the echo target, and the checker binary feeding
 //! HAProxy through agent-check. No egress-spoa runs here: the shipped SPOE filter fails open.
@@ -13,15 +13,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use egress_e2e::client::{echo_ip_direct, echo_ip_via_proxy};
-use egress_e2e::echo::EchoServer;
-use egress_e2e::entry::EntryPolicy;
-use egress_e2e::fault::{FaultBackend, FaultMode};
-use egress_e2e::haproxy::{Haproxy, shipped_spoe_conf};
-use egress_e2e::process::{ChildSpec, ManagedChild};
-use egress_e2e::shipped::{AGENT_PORT, FRONT_PORT, haproxy_for_test};
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::{bins::bin_path, ports::free_port, wait_until};
+use egress_harness::client::{echo_ip_direct, echo_ip_via_proxy};
+use egress_harness::echo::EchoServer;
+use egress_harness::entry::EntryPolicy;
+use egress_harness::fault::{FaultBackend, FaultMode};
+use egress_harness::haproxy::{Haproxy, shipped_spoe_conf};
+use egress_harness::process::{ChildSpec, ManagedChild};
+use egress_harness::shipped::{AGENT_PORT, FRONT_PORT, haproxy_for_test};
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::{bins::bin_path, ports::free_port, wait_until};
 
 const BACKEND: &str = "egress";
 

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use egress_e2e::bins::bin_path;
-use egress_e2e::wait_until;
+use egress_harness::bins::bin_path;
+use egress_harness::wait_until;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

@@ -19,18 +19,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use egress_e2e::bins::bin_path;
-use egress_e2e::client::{ask, connect_from, connect_request_with, http_get};
-use egress_e2e::dns::Dnsmasq;
-use egress_e2e::echo::EchoServer;
-use egress_e2e::entry::{ClientNet, EntryPolicy, User};
-use egress_e2e::fault::{FaultBackend, FaultMode};
-use egress_e2e::haproxy::{Haproxy, shipped_spoe_conf};
-use egress_e2e::ports::free_port;
-use egress_e2e::shipped::{AGENT_PORT, FRONT_PORT, STATS_PORT, haproxy_for_test};
-use egress_e2e::stack::{LocalStack, sample, scrape};
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::wait_until;
+use egress_harness::bins::bin_path;
+use egress_harness::client::{ask, connect_from, connect_request_with, http_get};
+use egress_harness::dns::Dnsmasq;
+use egress_harness::echo::EchoServer;
+use egress_harness::entry::{ClientNet, EntryPolicy, User};
+use egress_harness::fault::{FaultBackend, FaultMode};
+use egress_harness::haproxy::{Haproxy, shipped_spoe_conf};
+use egress_harness::ports::free_port;
+use egress_harness::shipped::{AGENT_PORT, FRONT_PORT, STATS_PORT, haproxy_for_test};
+use egress_harness::stack::{LocalStack, sample, scrape};
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::wait_until;
 
 /// `openssl passwd -6 -salt egresstest s3cret`
 const ALICE_HASH: &str =
@@ -447,7 +447,7 @@ fn a_plain_http_503_is_retried_on_the_same_next_server_from_two_instances() -> a
     let s = two_instances(EchoServer::start()?, tinyproxies()?, 1, FaultMode::Status(503))?;
     let clients = clients_of_f1(&s.a, &s.echo, 503, 3)?;
     let url = format!("http://{}/", s.echo.http_addr());
-    let modern = egress_e2e::programs::haproxy_version()? >= (3, 0);
+    let modern = egress_harness::programs::haproxy_version()? >= (3, 0);
     for src in &clients {
         let mut exits = Vec::new();
         for h in [&s.a, &s.b] {

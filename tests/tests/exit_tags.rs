@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use egress_e2e::bins::bin_path;
-use egress_e2e::client::{connect_from, connect_request_with, http_get};
-use egress_e2e::stack::{KEY_HEX, LocalStack, sample, scrape};
-use egress_e2e::wait_until;
+use egress_harness::bins::bin_path;
+use egress_harness::client::{connect_from, connect_request_with, http_get};
+use egress_harness::stack::{KEY_HEX, LocalStack, sample, scrape};
+use egress_harness::wait_until;
 
 /// (client address, client port) -> the exit IP the echo target saw.
 type Truth = Arc<Mutex<HashMap<(Ipv4Addr, u16), String>>>;
@@ -92,13 +92,13 @@ fn rotate(stack: &mut LocalStack, config: &Path, dir: &Path, server: &str) -> an
             Instant::now() < deadline,
             "rotation of {server} did not end in 90 s"
         );
-        egress_e2e::executor::serve_restart(dir, server, |ip| stack.restart_backend(server, ip))?;
+        egress_harness::executor::serve_restart(dir, server, |ip| stack.restart_backend(server, ip))?;
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = run
         .join()
         .map_err(|_| anyhow::anyhow!("rotate thread panicked"))??;
-    let text = egress_e2e::executor::output_text(&out);
+    let text = egress_harness::executor::output_text(&out);
     anyhow::ensure!(out.status.success(), "rotate egress/{server} failed:\n{text}");
     Ok(text)
 }
@@ -114,7 +114,7 @@ fn metric(stack: &LocalStack, name: &str, labels: &[&str]) -> f64 {
 fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<()> {
     let mut stack = stack()?;
     let dir = tempfile::tempdir()?;
-    let script = egress_e2e::executor::write_script(dir.path())?;
+    let script = egress_harness::executor::write_script(dir.path())?;
     let sock = stack.haproxy.runtime_socket().display().to_string();
     let config = dir.path().join("rotate.toml");
     std::fs::write(

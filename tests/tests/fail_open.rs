@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use egress_e2e::haproxy::SHIPPED_PROCESSING_MS;
-use egress_e2e::stack::{Latencies, LocalStack, sample, scrape};
-use egress_e2e::wait_until;
+use egress_harness::haproxy::SHIPPED_PROCESSING_MS;
+use egress_harness::stack::{Latencies, LocalStack, sample, scrape};
+use egress_harness::wait_until;
 
 /// Tunnels per step.
 const TUNNELS: u8 = 20;

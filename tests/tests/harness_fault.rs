@@ -4,9 +4,9 @@ use std::io::{ErrorKind, Read as _};
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
-use egress_e2e::client::{connect_from, connect_request, echo_ip_via_proxy, echo_ip_via_proxy_tls};
-use egress_e2e::echo::EchoServer;
-use egress_e2e::fault::{FaultBackend, FaultMode};
+use egress_harness::client::{connect_from, connect_request, echo_ip_via_proxy, echo_ip_via_proxy_tls};
+use egress_harness::echo::EchoServer;
+use egress_harness::fault::{FaultBackend, FaultMode};
 
 fn connect(backend: &FaultBackend) -> std::io::Result<TcpStream> {
     TcpStream::connect_timeout(&backend.addr(), Duration::from_secs(2))
@@ -73,7 +73,7 @@ fn black_hole_accepts_and_never_answers() -> anyhow::Result<()> {
         matches!(io, Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)),
         "{err:#}"
     );
-    assert!(egress_e2e::wait_until(Duration::from_secs(2), || backend
+    assert!(egress_harness::wait_until(Duration::from_secs(2), || backend
         .accepted()
         >= 1));
     Ok(())

@@ -4,10 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use egress_e2e::client::echo_ip_via_proxy;
-use egress_e2e::echo::EchoServer;
-use egress_e2e::fault::{FaultBackend, FaultMode};
-use egress_e2e::haproxy::{GLOBAL, Haproxy};
+use egress_harness::client::echo_ip_via_proxy;
+use egress_harness::echo::EchoServer;
+use egress_harness::fault::{FaultBackend, FaultMode};
+use egress_harness::haproxy::{GLOBAL, Haproxy};
 
 #[test]
 fn bad_config_fails_with_haproxys_message() {
@@ -58,7 +58,7 @@ listen egress
             .unwrap_or_default()
     };
     assert!(
-        egress_e2e::wait_until(Duration::from_secs(5), || status("down") == "DOWN"),
+        egress_harness::wait_until(Duration::from_secs(5), || status("down") == "DOWN"),
         "{}",
         status("down")
     );
@@ -67,7 +67,7 @@ listen egress
     let front = SocketAddr::from((Ipv4Addr::LOCALHOST, haproxy.port(0)));
     assert_eq!(echo_ip_via_proxy(front, &echo, None)?, "127.0.0.1");
     assert!(
-        egress_e2e::wait_until(Duration::from_secs(5), || haproxy.logs().contains("-> up")),
+        egress_harness::wait_until(Duration::from_secs(5), || haproxy.logs().contains("-> up")),
         "no log line for the session:\n{}",
         haproxy.logs()
     );
@@ -89,7 +89,8 @@ listen egress
 
 #[test]
 fn missing_program_is_one_line_naming_the_package() {
-    let err = egress_e2e::programs::find_program("no-such-haproxy-binary", "haproxy").expect_err("missing");
+    let err =
+        egress_harness::programs::find_program("no-such-haproxy-binary", "haproxy").expect_err("missing");
     let text = format!("{err:#}");
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("install Debian's `haproxy` package"), "{text}");
@@ -97,7 +98,7 @@ fn missing_program_is_one_line_naming_the_package() {
 
 #[test]
 fn missing_bin_names_the_build_command() {
-    let err = egress_e2e::bins::bin_path("no-such-egress-binary").expect_err("missing");
+    let err = egress_harness::bins::bin_path("no-such-egress-binary").expect_err("missing");
     assert!(
         format!("{err}").contains("cargo build --workspace --bins"),
         "{err}"

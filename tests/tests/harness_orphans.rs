@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use egress_e2e::dirs::{self, is_alive, start_time};
-use egress_e2e::process::{ManagedChild, descendants};
-use egress_e2e::wait_until;
+use egress_harness::dirs::{self, is_alive, start_time};
+use egress_harness::process::{ManagedChild, descendants};
+use egress_harness::wait_until;
 
 #[test]
 fn sigkilled_test_process_leaves_no_process_and_no_temp_dir() -> anyhow::Result<()> {
-    let mut holder = ManagedChild::spawn("holder", Command::new(env!("CARGO_BIN_EXE_egress-e2e-holder")))?;
+    let mut holder = ManagedChild::spawn(
+        "holder",
+        Command::new(env!("CARGO_BIN_EXE_egress-harness-holder")),
+    )?;
     let ready = wait_until(Duration::from_secs(60), || {
         holder.logs().contains("READY") || !holder.is_running()
     });

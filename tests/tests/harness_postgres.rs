@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use egress_e2e::postgres::Postgres;
+use egress_harness::postgres::Postgres;
 use sqlx::{Connection as _, Row as _};
 
 async fn query_one(url: &str) -> anyhow::Result<i32> {
@@ -24,7 +24,7 @@ async fn postgres_starts_answers_and_restarts() -> anyhow::Result<()> {
     assert_eq!(query_one(pg.url()).await?, 42);
 
     // Migrations, if the folder has any, are recorded by sqlx.
-    let migrations = egress_e2e::postgres::migrations_dir();
+    let migrations = egress_harness::postgres::migrations_dir();
     let has_migrations = std::fs::read_dir(&migrations)
         .map(|d| {
             d.flatten()
@@ -42,7 +42,7 @@ async fn postgres_starts_answers_and_restarts() -> anyhow::Result<()> {
     let pid = pg.pid().expect("running");
     pg.stop()?;
     assert!(
-        !egress_e2e::dirs::is_alive(pid),
+        !egress_harness::dirs::is_alive(pid),
         "postgres {pid} still alive after stop"
     );
     assert!(
@@ -56,7 +56,7 @@ async fn postgres_starts_answers_and_restarts() -> anyhow::Result<()> {
     let pid = pg.pid().expect("running");
     drop(pg);
     assert!(
-        egress_e2e::wait_until(Duration::from_secs(5), || !egress_e2e::dirs::is_alive(pid)),
+        egress_harness::wait_until(Duration::from_secs(5), || !egress_harness::dirs::is_alive(pid)),
         "postgres {pid} outlived its handle"
     );
     assert!(!dir.exists(), "{} not removed on drop", dir.display());

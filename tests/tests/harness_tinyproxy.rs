@@ -5,9 +5,9 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
-use egress_e2e::client::{connect_from, echo_ip_via_proxy, echo_ip_via_proxy_tls, http_get};
-use egress_e2e::echo::EchoServer;
-use egress_e2e::tinyproxy::Tinyproxy;
+use egress_harness::client::{connect_from, echo_ip_via_proxy, echo_ip_via_proxy_tls, http_get};
+use egress_harness::echo::EchoServer;
+use egress_harness::tinyproxy::Tinyproxy;
 
 #[test]
 fn kill_refuses_and_restart_rotates_the_exit_address() -> anyhow::Result<()> {

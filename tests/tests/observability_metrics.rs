@@ -11,9 +11,9 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
-use egress_e2e::shipped::repo_root;
-use egress_e2e::stack::{FAULT_SERVER, LocalStack, sample, scrape};
-use egress_e2e::wait_until;
+use egress_harness::shipped::repo_root;
+use egress_harness::stack::{FAULT_SERVER, LocalStack, sample, scrape};
+use egress_harness::wait_until;
 
 /// Every `egress_<...>` identifier in `text` (a prefix in prose, such as `egress_ledger_*`, ends in
 /// `_` and is skipped).

@@ -7,8 +7,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use egress_e2e::stack::LocalStack;
-use egress_e2e::wait_until;
+use egress_harness::stack::LocalStack;
+use egress_harness::wait_until;
 
 const KOREA_EXIT: &str = "127.0.0.5";
 

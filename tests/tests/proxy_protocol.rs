@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use egress_e2e::client::{connect_from, connect_request_with, http_get};
-use egress_e2e::entry::EntryPolicy;
-use egress_e2e::haproxy::{GLOBAL, Haproxy};
-use egress_e2e::stack::LocalStack;
-use egress_e2e::wait_until;
+use egress_harness::client::{connect_from, connect_request_with, http_get};
+use egress_harness::entry::EntryPolicy;
+use egress_harness::haproxy::{GLOBAL, Haproxy};
+use egress_harness::stack::LocalStack;
+use egress_harness::wait_until;
 
 const BALANCER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 77);
 const CLIENTS: [Ipv4Addr; 2] = [Ipv4Addr::new(127, 0, 21, 1), Ipv4Addr::new(127, 0, 21, 2)];

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use egress_e2e::client::{connect_tunnel, http_get};
-use egress_e2e::echo::EchoServer;
-use egress_e2e::haproxy::Haproxy;
-use egress_e2e::postgres::Postgres;
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::{bins::bin_path, wait_until};
+use egress_harness::client::{connect_tunnel, http_get};
+use egress_harness::echo::EchoServer;
+use egress_harness::haproxy::Haproxy;
+use egress_harness::postgres::Postgres;
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::{bins::bin_path, wait_until};
 
 const BACKEND: &str = "egress";
 const LOCK_KEY: i64 = 4242;
@@ -32,7 +32,7 @@ const S1_FIRST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 const S2_FIRST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 12);
 
 fn haproxy_config(s1: SocketAddr, s2: SocketAddr) -> String {
-    egress_e2e::haproxy::rotation_pool_config(
+    egress_harness::haproxy::rotation_pool_config(
         &["{{DIR}}/user.sock mode 600 level user"],
         &[("s1", s1), ("s2", s2)],
     )
@@ -68,7 +68,7 @@ impl Rig {
         let s2 = Tinyproxy::start(S2_FIRST).expect("tinyproxy s2");
         let haproxy = Haproxy::start(&haproxy_config(s1.addr(), s2.addr())).expect("haproxy");
         let dir = tempfile::tempdir().expect("tempdir");
-        egress_e2e::executor::write_script(dir.path()).unwrap();
+        egress_harness::executor::write_script(dir.path()).unwrap();
         let proxies = Arc::new(Mutex::new(HashMap::from([
             ("s1".to_owned(), s1),
             ("s2".to_owned(), s2),
@@ -184,7 +184,7 @@ fn rand_suffix() -> u64 {
 fn restarter(dir: &Path, proxies: &Mutex<HashMap<String, Tinyproxy>>, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         for server in ["s1", "s2"] {
-            egress_e2e::executor::serve_restart(dir, server, |bind| {
+            egress_harness::executor::serve_restart(dir, server, |bind| {
                 proxies.lock().unwrap().get_mut(server).unwrap().restart(bind)
             })
             .unwrap();
@@ -623,7 +623,7 @@ fn bad_input_fails_before_anything_changes() {
 }
 
 fn http_get_local(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = egress_e2e::client::connect_from(None, addr)?;
+    let mut s = egress_harness::client::connect_from(None, addr)?;
     http_get(&mut s, &addr.to_string(), path)
 }
 
@@ -644,8 +644,8 @@ fn run_rotates_a_server_that_stays_quarantined() {
     let echo = EchoServer::start().expect("echo");
     let mut s1 = Tinyproxy::start(S1_FIRST).expect("tinyproxy s1");
     let s2 = Tinyproxy::start(S2_FIRST).expect("tinyproxy s2");
-    let agent_port = egress_e2e::ports::free_port().unwrap();
-    let metrics_port = egress_e2e::ports::free_port().unwrap();
+    let agent_port = egress_harness::ports::free_port().unwrap();
+    let metrics_port = egress_harness::ports::free_port().unwrap();
     let cfg = format!(
         "global
     log stdout format raw local0
@@ -669,7 +669,7 @@ listen {BACKEND}
     );
     let haproxy = Haproxy::start(&cfg).expect("haproxy");
     let dir = tempfile::tempdir().unwrap();
-    let script = egress_e2e::executor::write_script(dir.path()).unwrap();
+    let script = egress_harness::executor::write_script(dir.path()).unwrap();
     let config = dir.path().join("checker.toml");
     std::fs::write(
         &config,
@@ -710,7 +710,7 @@ listen {BACKEND}
         .arg(pg.url())
         .arg("--spool-path")
         .arg(dir.path().join("spool"));
-    let mut checker = egress_e2e::process::ChildSpec::new("egress-checker", cmd)
+    let mut checker = egress_harness::process::ChildSpec::new("egress-checker", cmd)
         .spawn()
         .unwrap();
     let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port));

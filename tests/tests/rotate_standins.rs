@@ -1,4 +1,4 @@
-//! `egress-checker rotate` against local stand-ins of the APIs it calls (`egress_e2e::standin`),
+//! `egress-checker rotate` against local stand-ins of the APIs it calls (`egress_harness::standin`),
 //! with real HAProxy, tinyproxy and Postgres:
 //!
 //! - `[rotation.discovery]`: the HAProxy replicas come from the Kubernetes API (the pod list), every
@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use egress_e2e::bins::bin_path;
-use egress_e2e::echo::EchoServer;
-use egress_e2e::haproxy::Haproxy;
-use egress_e2e::ports::free_port;
-use egress_e2e::postgres::Postgres;
-use egress_e2e::standin::StandIn;
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::wait_until;
+use egress_harness::bins::bin_path;
+use egress_harness::echo::EchoServer;
+use egress_harness::haproxy::Haproxy;
+use egress_harness::ports::free_port;
+use egress_harness::postgres::Postgres;
+use egress_harness::standin::StandIn;
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::wait_until;
 
 const SELECTOR: &str = "app.kubernetes.io/name=haproxy-egress";
 const PODS_PATH: &str = "/api/v1/namespaces/egress/pods";
@@ -65,7 +65,7 @@ fn pod(name: &str, ip: &str, ready: bool) -> serde_json::Value {
 }
 
 fn replica(ip: Ipv4Addr, api_port: u16, s1: SocketAddr, s2: SocketAddr) -> anyhow::Result<Haproxy> {
-    Haproxy::start(&egress_e2e::haproxy::rotation_pool_config(
+    Haproxy::start(&egress_harness::haproxy::rotation_pool_config(
         &[&format!("ipv4@{ip}:{api_port} level admin")],
         &[("s1", s1), ("s2", s2)],
     ))
@@ -83,7 +83,7 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
     let b_ready = Arc::new(AtomicBool::new(true));
     let api = api_server(b_ready.clone())?;
     let dir = tempfile::tempdir()?;
-    let script = egress_e2e::executor::write_script(dir.path())?;
+    let script = egress_harness::executor::write_script(dir.path())?;
     let config = dir.path().join("checker.toml");
     std::fs::write(
         &config,
@@ -135,13 +135,13 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
             // srv_admin_state 1 = forced maintenance.
             maint_seen[i] |= h.admin_state("s1") == "1";
         }
-        egress_e2e::executor::serve_restart(dir.path(), "s1", |ip| s1.restart(ip))?;
+        egress_harness::executor::serve_restart(dir.path(), "s1", |ip| s1.restart(ip))?;
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = run
         .join()
         .map_err(|_| anyhow::anyhow!("rotate thread panicked"))??;
-    let text = egress_e2e::executor::output_text(&out);
+    let text = egress_harness::executor::output_text(&out);
     println!("ROTATE with discovery:\n{text}");
     anyhow::ensure!(out.status.success(), "rotate failed:\n{text}");
     assert_eq!(
@@ -181,7 +181,7 @@ fn discovery_finds_every_replica_and_a_rotation_drains_and_readies_each() -> any
     // unavailable), s2 untouched everywhere.
     b_ready.store(false, Ordering::SeqCst);
     let out = checker(&["rotate", "egress/s2"])?;
-    let text = egress_e2e::executor::output_text(&out);
+    let text = egress_harness::executor::output_text(&out);
     println!("ROTATE with a replica not Ready:\n{text}");
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
@@ -265,7 +265,7 @@ fn the_gluetun_executor_rotates_through_the_control_server() -> anyhow::Result<(
     let good = config(KEY)?;
     anyhow::ensure!(checker(&good, &["migrate"])?.status.success(), "migrate failed");
     let out = checker(&good, &["rotate", "egress/s1"])?;
-    let text = egress_e2e::executor::output_text(&out);
+    let text = egress_harness::executor::output_text(&out);
     println!("ROTATE through gluetun's control server:\n{text}");
     anyhow::ensure!(out.status.success(), "rotate failed:\n{text}");
     assert!(text.contains("127.0.0.11 → 127.0.0.21"), "{text}");
@@ -286,7 +286,7 @@ fn the_gluetun_executor_rotates_through_the_control_server() -> anyhow::Result<(
     // MAINT (exit 1), and the answer is in the message.
     let bad = config("wrong")?;
     let out = checker(&bad, &["rotate", "egress/s1"])?;
-    let text = egress_e2e::executor::output_text(&out);
+    let text = egress_harness::executor::output_text(&out);
     println!("ROTATE with a wrong gluetun API key:\n{text}");
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("answered 401"), "{text}");

@@ -5,9 +5,9 @@
 
 use std::process::Command;
 
-use egress_e2e::haproxy::EMPTY_SERVER_STATE;
-use egress_e2e::programs::haproxy_program;
-use egress_e2e::shipped::{repo_root, shipped_pool, stale_files};
+use egress_harness::haproxy::EMPTY_SERVER_STATE;
+use egress_harness::programs::haproxy_program;
+use egress_harness::shipped::{repo_root, shipped_pool, stale_files};
 
 #[test]
 fn generated_files_are_up_to_date() -> anyhow::Result<()> {

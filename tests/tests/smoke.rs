@@ -4,10 +4,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use egress_e2e::client::{echo_ip_direct, echo_ip_via_proxy, echo_ip_via_proxy_tls};
-use egress_e2e::echo::EchoServer;
-use egress_e2e::haproxy::{GLOBAL, Haproxy};
-use egress_e2e::tinyproxy::Tinyproxy;
+use egress_harness::client::{echo_ip_direct, echo_ip_via_proxy, echo_ip_via_proxy_tls};
+use egress_harness::echo::EchoServer;
+use egress_harness::haproxy::{GLOBAL, Haproxy};
+use egress_harness::tinyproxy::Tinyproxy;
 
 /// Exit addresses of the three backends. Not 127.0.0.1: that is every loopback client's default source,
 /// so a proxy ignoring `Bind` would still pass.

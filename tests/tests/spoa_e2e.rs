@@ -1,5 +1,5 @@
 //! egress-spoa behind a real HAProxy 2.6: the shipped configuration (haproxy/haproxy.cfg.in rendered
-//! for test ports by `egress_e2e::shipped::haproxy_for_test`, with the shipped SPOE engine file
+//! for test ports by `egress_harness::shipped::haproxy_for_test`, with the shipped SPOE engine file
 //! haproxy/spoe-egress.conf), CONNECT traffic through real tinyproxy backends, and the agent binary.
 //!
 //! Needs the binaries: `cargo build -p egress-spoa --bins` (or `cargo build --workspace --bins`).
@@ -9,17 +9,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use egress_common::client_hash::HashKey;
-use egress_e2e::bins::bin_path;
-use egress_e2e::client::echo_ip_via_proxy;
-use egress_e2e::echo::EchoServer;
-use egress_e2e::entry::EntryPolicy;
-use egress_e2e::haproxy::{GLOBAL, Haproxy, raised_spoe_conf};
-use egress_e2e::ports::free_port;
-use egress_e2e::process::{ChildSpec, ManagedChild};
-use egress_e2e::shipped::{FRONT_PORT, SPOA_PORT, haproxy_for_test};
-use egress_e2e::stack::sample;
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::wait_until;
+use egress_harness::bins::bin_path;
+use egress_harness::client::echo_ip_via_proxy;
+use egress_harness::echo::EchoServer;
+use egress_harness::entry::EntryPolicy;
+use egress_harness::haproxy::{GLOBAL, Haproxy, raised_spoe_conf};
+use egress_harness::ports::free_port;
+use egress_harness::process::{ChildSpec, ManagedChild};
+use egress_harness::shipped::{FRONT_PORT, SPOA_PORT, haproxy_for_test};
+use egress_harness::stack::sample;
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::wait_until;
 
 const KEY_HEX: &str = "0f0e0d0c0b0a09080706050403020100";
 const WAIT: Duration = Duration::from_secs(15);

@@ -14,24 +14,24 @@ use std::process::Command;
 use std::time::Duration;
 
 use egress_common::client_hash::HashKey;
-use egress_e2e::bins::bin_path;
-use egress_e2e::client::echo_ip_via_proxy;
-use egress_e2e::echo::EchoServer;
-use egress_e2e::entry::EntryPolicy;
-use egress_e2e::haproxy::{Haproxy, raised_spoe_conf};
-use egress_e2e::ports::free_port;
-use egress_e2e::postgres::Postgres;
-use egress_e2e::process::{ChildSpec, ManagedChild};
-use egress_e2e::shipped::{AGENT_PORT, FRONT_PORT, SPOA_PORT, haproxy_for_test};
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::wait_until;
+use egress_harness::bins::bin_path;
+use egress_harness::client::echo_ip_via_proxy;
+use egress_harness::echo::EchoServer;
+use egress_harness::entry::EntryPolicy;
+use egress_harness::haproxy::{Haproxy, raised_spoe_conf};
+use egress_harness::ports::free_port;
+use egress_harness::postgres::Postgres;
+use egress_harness::process::{ChildSpec, ManagedChild};
+use egress_harness::shipped::{AGENT_PORT, FRONT_PORT, SPOA_PORT, haproxy_for_test};
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::wait_until;
 
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
 const BACKEND: &str = "egress";
 
 /// Run `egress-checker <args>` to completion and return its stdout; fail with stderr otherwise.
 fn cli(db: &str, args: &[&str]) -> anyhow::Result<String> {
-    egress_e2e::bins::checker_cli(db, KEY_HEX, args)
+    egress_harness::bins::checker_cli(db, KEY_HEX, args)
 }
 
 fn json_rows(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
@@ -130,7 +130,7 @@ fn checker_and_agent_fill_the_ledger_and_who_answers_from_it() -> anyhow::Result
     }
 
     // egress-spoa: exit IPs from the ledger, attribution to the ledger.
-    let spoa_cmd = egress_e2e::bins::spoa_command(
+    let spoa_cmd = egress_harness::bins::spoa_command(
         &format!("127.0.0.1:{spoa_port}"),
         &format!("127.0.0.1:{}", free_port()?),
         &db,

@@ -13,18 +13,18 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use egress_e2e::bins::{bin_path, checker_cli};
-use egress_e2e::echo::EchoServer;
-use egress_e2e::entry::EntryPolicy;
-use egress_e2e::fault::{FaultBackend, FaultMode};
-use egress_e2e::haproxy::{GLOBAL, Haproxy, shipped_spoe_conf};
-use egress_e2e::ports::free_port;
-use egress_e2e::postgres::Postgres;
-use egress_e2e::process::{ChildSpec, ManagedChild};
-use egress_e2e::shipped::{AGENT_PORT, haproxy_for_test};
-use egress_e2e::stack::{sample, scrape};
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::wait_until;
+use egress_harness::bins::{bin_path, checker_cli};
+use egress_harness::echo::EchoServer;
+use egress_harness::entry::EntryPolicy;
+use egress_harness::fault::{FaultBackend, FaultMode};
+use egress_harness::haproxy::{GLOBAL, Haproxy, shipped_spoe_conf};
+use egress_harness::ports::free_port;
+use egress_harness::postgres::Postgres;
+use egress_harness::process::{ChildSpec, ManagedChild};
+use egress_harness::shipped::{AGENT_PORT, haproxy_for_test};
+use egress_harness::stack::{sample, scrape};
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::wait_until;
 
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
 

@@ -1,6 +1,6 @@
 //! A pair of HAProxy nodes behind a keepalived VRRP virtual IP, failing over, measured.
 //!
-//! Network namespaces the test creates (see `egress_e2e::netns`): nodes `n1` and `n2`, a client
+//! Network namespaces the test creates (see `egress_harness::netns`): nodes `n1` and `n2`, a client
 //! `cl` and a `pool` (the egress backends and the echo target), on one private bridge with
 //! 10.250.0.0/24 addresses and no route anywhere else. Real keepalived (Debian's) runs the shipped
 //! `deploy/keepalived/keepalived.conf` (only its `$VARIABLE` definitions changed: interface, VIP,
@@ -24,16 +24,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use egress_e2e::client::{connect_request_with, http_get};
-use egress_e2e::echo::EchoServer;
-use egress_e2e::entry::{ClientNet, EntryPolicy};
-use egress_e2e::haproxy::{Haproxy, shipped_spoe_conf};
-use egress_e2e::netns::{Segment, enter};
-use egress_e2e::process::{ChildSpec, ManagedChild};
-use egress_e2e::programs::find_program;
-use egress_e2e::shipped::{FRONT_PORT, STATS_PORT, haproxy_for_test, repo_root};
-use egress_e2e::tinyproxy::Tinyproxy;
-use egress_e2e::wait_until;
+use egress_harness::client::{connect_request_with, http_get};
+use egress_harness::echo::EchoServer;
+use egress_harness::entry::{ClientNet, EntryPolicy};
+use egress_harness::haproxy::{Haproxy, shipped_spoe_conf};
+use egress_harness::netns::{Segment, enter};
+use egress_harness::process::{ChildSpec, ManagedChild};
+use egress_harness::programs::find_program;
+use egress_harness::shipped::{FRONT_PORT, STATS_PORT, haproxy_for_test, repo_root};
+use egress_harness::tinyproxy::Tinyproxy;
+use egress_harness::wait_until;
 
 const N1: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 11);
 const N2: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 12);

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use egress_e2e::haproxy::SHIPPED_PROCESSING_MS;
-use egress_e2e::stack::{FAULT_SERVER, KEY_HEX, LocalStack};
+use egress_harness::haproxy::SHIPPED_PROCESSING_MS;
+use egress_harness::stack::{FAULT_SERVER, KEY_HEX, LocalStack};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -97,7 +97,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     // The demo prints what matters; the components' logs stay in their files.
-    egress_e2e::process::quiet_all();
+    egress_harness::process::quiet_all();
     let started = Instant::now();
     let result = run(ci);
     match result {
@@ -211,7 +211,7 @@ fn step_traffic(stack: &LocalStack) -> anyhow::Result<()> {
     ));
     // Not an open proxy: the cloud metadata address is refused before any backend is contacted.
     let request = "CONNECT 169.254.169.254:443 HTTP/1.1\r\nHost: 169.254.169.254:443\r\n\r\n";
-    let (code, _) = egress_e2e::client::ask(stack.front(), Some(client), request)?;
+    let (code, _) = egress_harness::client::ask(stack.front(), Some(client), request)?;
     let mut reason = String::new();
     wait_for(Duration::from_secs(5), || {
         reason = stack

@@ -5,10 +5,10 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use egress_e2e::fault::{FaultBackend, FaultMode};
-use egress_e2e::haproxy::{GLOBAL, Haproxy};
-use egress_e2e::postgres::Postgres;
-use egress_e2e::tinyproxy::Tinyproxy;
+use egress_harness::fault::{FaultBackend, FaultMode};
+use egress_harness::haproxy::{GLOBAL, Haproxy};
+use egress_harness::postgres::Postgres;
+use egress_harness::tinyproxy::Tinyproxy;
 
 fn main() -> anyhow::Result<()> {
     let pg = Postgres::start()?;

@@ -404,11 +404,11 @@ pub const COMPOSE_MARK: &str = "  # ---- GENERATED from haproxy/pool.txt by scri
 
 /// The shipped template rendered for a test or the demo: the frontend on `127.0.0.1:{{PORT0}}`, the
 /// agent on `127.0.0.1:{{PORT1}}`, the SPOA on `127.0.0.1:{{PORT2}}`, the stats page on
-/// `127.0.0.1:{{PORT3}}`, the runtime API on `{{RUNTIME_SOCKET}}` (for [`crate::haproxy::Haproxy`]),
+/// `127.0.0.1:{{PORT3}}`, the runtime API on `{{RUNTIME_SOCKET}}` (for the harness's `Haproxy`),
 /// `servers` = (backend, name, address) and the SPOE file at `spoe_conf` (see
-/// [`crate::haproxy::shipped_spoe_conf`]). The entry policy is `policy` (usually
+/// the harness's `shipped_spoe_conf`). The entry policy is `policy` (usually
 /// [`EntryPolicy::for_test`] with the test's targets), and destination names resolve through `dns`
-/// (a [`crate::dns::Dnsmasq`]; `None`: a loopback port where nothing answers, so every name is
+/// (the harness's `Dnsmasq`; `None`: a loopback port where nothing answers, so every name is
 /// refused as `unresolvable` and no query leaves the machine). Everything else is the shipped file.
 pub fn haproxy_for_test(
     servers: &[(&str, &str, SocketAddr)],
@@ -429,7 +429,7 @@ pub fn haproxy_for_test(
         &read("haproxy/haproxy.cfg.in")?,
         &servers,
         &Profile {
-            header: "Rendered for a local run (egress_e2e::shipped::haproxy_for_test).",
+            header: "Rendered for a local run (egress_harness::shipped::haproxy_for_test).",
             run_as: "",
             stats_sockets: "    stats socket {{RUNTIME_SOCKET}} mode 600 level admin",
             nameservers: &nameservers,

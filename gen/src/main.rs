@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use egress_e2e::shipped::{generated_files, repo_root, stale_files};
+use egress_gen::shipped::{generated_files, repo_root, stale_files};
 
 fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_default();
