@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use egress_ledger::AdvisoryLock;
 use prometheus::IntGauge;
-use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
 
 /// How often a replica without the lock tries to take it, and the holder checks its session.
@@ -66,20 +66,22 @@ async fn run(url: String, key: i64, flag: Arc<AtomicBool>, gauge: IntGauge, shut
         gauge.set(i64::from(leader));
     };
     loop {
-        let conn = tokio::select! {
+        let session = tokio::select! {
             () = shutdown.cancelled() => return,
-            c = tokio::time::timeout(QUERY_TIMEOUT, sqlx::PgConnection::connect(&url)) => c,
+            c = tokio::time::timeout(QUERY_TIMEOUT, AdvisoryLock::connect(&url)) => c,
         };
-        if let Ok(Ok(mut conn)) = conn {
+        if let Ok(Ok(mut session)) = session {
             let mut held = false;
             loop {
                 // Holding the lock: only check that the session (and so the lock) still lives.
-                let q = if held {
-                    sqlx::query_scalar::<_, bool>("SELECT true")
-                } else {
-                    sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(key)
+                let step = async {
+                    if held {
+                        session.ping().await.map(|()| true)
+                    } else {
+                        session.try_take(key).await
+                    }
                 };
-                match tokio::time::timeout(QUERY_TIMEOUT, q.fetch_one(&mut conn)).await {
+                match tokio::time::timeout(QUERY_TIMEOUT, step).await {
                     Ok(Ok(got)) => {
                         held = got;
                         set(held);

@@ -97,13 +97,18 @@ impl fmt::Display for EventKind {
     }
 }
 
+/// A name that is not an [`EventKind`]'s (see [`EventKind::as_str`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event kind {0:?}")]
+pub struct UnknownEventKind(pub String);
+
 impl FromStr for EventKind {
-    type Err = String;
+    type Err = UnknownEventKind;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown event kind {s:?}"))
+            .ok_or_else(|| UnknownEventKind(s.to_owned()))
     }
 }
 
@@ -314,7 +319,10 @@ mod tests {
             assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.as_str()));
         }
-        assert!("rebooted".parse::<EventKind>().is_err());
+        assert_eq!(
+            "rebooted".parse::<EventKind>(),
+            Err(UnknownEventKind("rebooted".into()))
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::attribution::{AttributionRow, ClientHash, MAX_WINDOW, sort_and_merge};
 use crate::error::{LedgerError, redact_url};
 use crate::event::{Actor, Event, EventKind};
+use crate::queries::exit_ip_kinds_sql;
 
 /// Most rows a `who` or `history` query returns; more are cut (the output says so).
 pub const MAX_QUERY_ROWS: i64 = 100_000;
@@ -23,7 +24,8 @@ pub const MAX_WHO_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Rows per INSERT statement (arrays of this length are bound per column).
 const UPSERT_CHUNK: usize = 50_000;
 
-/// The migrations in `migrations/`, embedded at build time.
+/// The migrations in `migrations/`, embedded at build time: the one way the schema is applied
+/// (`egress-checker migrate` through [`Store::migrate`], and the test harness's clusters).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Connection settings for [`Store`].
@@ -210,8 +212,6 @@ fn bind_rows<'q>(
         .bind(r)
 }
 
-const IP_KINDS: &str = "('rotated', 'exit_ip_changed', 'exit_ip_leak', 'exit_ip_observed')";
-
 impl Store {
     /// Connect now (fails fast with a clear error if the database is unreachable or refuses us).
     pub async fn connect(url: &str) -> Result<Store, LedgerError> {
@@ -256,9 +256,14 @@ impl Store {
         })
     }
 
-    /// The pool, for callers with their own statements (e.g. the rotator's advisory lock).
+    /// The pool, for callers with their own statements.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The database URL (with its password: for error classification, never for display).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     /// Close the pool.
@@ -266,7 +271,8 @@ impl Store {
         self.pool.close().await;
     }
 
-    async fn bounded<T, F>(&self, fut: F) -> Result<T, LedgerError>
+    /// Run `fut` within the statement timeout (plus connect and network slack), mapping its error.
+    pub(crate) async fn bounded<T, F>(&self, fut: F) -> Result<T, LedgerError>
     where
         F: std::future::Future<Output = Result<T, sqlx::Error>>,
     {
@@ -485,6 +491,7 @@ impl Store {
                ON u.backend = ip.backend AND u.server = ip.server
              WHERE u.at IS NULL OR (u.at, u.id) < (ip.at, ip.id)",
             UNKNOWN = EventKind::ExitIpUnknown.as_str(),
+            IP_KINDS = exit_ip_kinds_sql(),
         );
         let rows: Vec<(String, String, String)> =
             self.bounded(sqlx::query_as(&sql).fetch_all(&self.pool)).await?;
@@ -502,7 +509,8 @@ impl Store {
         let sql = format!(
             "SELECT host(new_ip) FROM events
              WHERE backend = $1 AND server = $2 AND new_ip IS NOT NULL AND kind IN {IP_KINDS}
-             ORDER BY at DESC, id DESC LIMIT 1"
+             ORDER BY at DESC, id DESC LIMIT 1",
+            IP_KINDS = exit_ip_kinds_sql(),
         );
         let q = sqlx::query_scalar::<_, String>(&sql).bind(backend).bind(server);
         let ip = self.bounded(q.fetch_optional(&self.pool)).await?;
@@ -735,7 +743,8 @@ pub fn who_ip_sql() -> String {
                     bool_or(exit_ip IS NOT NULL AND exit_ip <> $1::inet), bool_or(exit_ip IS NULL)
              FROM hits GROUP BY client_hash, backend, server
              ORDER BY min(first_seen), backend, server, client_hash
-             LIMIT $5"
+             LIMIT $5",
+        IP_KINDS = exit_ip_kinds_sql(),
     )
 }
 

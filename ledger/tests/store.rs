@@ -83,7 +83,7 @@ async fn migrations_apply_to_an_empty_database_and_then_are_a_no_op() -> anyhow:
         count(&store, "SELECT count(*) FROM _sqlx_migrations").await,
         applied
     );
-    // And the harness's database (migrated by its own Migrator from the same files) agrees.
+    // And the harness's database (migrated by the same embedded migrator) agrees.
     admin.migrate().await?;
     Ok(())
 }

@@ -27,9 +27,8 @@ pub mod kubernetes;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use egress_ledger::{Actor, Event, EventKind, Store};
+use egress_ledger::{Actor, Event, EventKind, LedgerError, Store};
 use serde_json::json;
-use sqlx::Connection as _;
 
 use config::RotationConfig;
 use egress_haproxy_api::{AdminState, Fleet, RuntimeApi, valid_name};
@@ -270,7 +269,10 @@ impl Rotator {
             Some(to) => list.iter().position(|l| l == to).unwrap_or(0),
             None => {
                 let last = match &self.store {
-                    Some(store) => last_location(store, backend, server).await?,
+                    Some(store) => store
+                        .last_rotation_location(backend, server)
+                        .await
+                        .map_err(ledger_unavailable)?,
                     None => None,
                 };
                 last.and_then(|l| list.iter().position(|x| *x == l))
@@ -308,7 +310,13 @@ impl Rotator {
                 continue;
             }
             let ours = match &self.store {
-                Some(store) => left_by_failed_rotation(store, &r.proxy, &r.name).await?,
+                Some(store) => {
+                    store
+                        .last_event_kind(&r.proxy, &r.name, Actor::Rotator)
+                        .await
+                        .map_err(ledger_unavailable)?
+                        == Some(EventKind::RotationFailed)
+                }
                 None => false,
             };
             if !ours {
@@ -340,7 +348,10 @@ impl Rotator {
             if !stat.iter().any(|r| r.proxy == b && r.name == s) {
                 continue;
             }
-            let since = last_ip_change(store, &b, &s).await?;
+            let since = store
+                .last_exit_ip_change(&b, &s)
+                .await
+                .map_err(ledger_unavailable)?;
             let older = match &best {
                 None => true,
                 Some((cur, _)) => match (since, cur) {
@@ -366,24 +377,14 @@ impl Rotator {
             )
         })?;
         let plan = self.plan(target).await?;
-        let mut lock = store
-            .pool()
-            .acquire()
+        let lock = store
+            .try_lock(self.cfg.lock_key)
             .await
-            .map_err(|e| RotateError::Unavailable(format!("ledger connection for the rotation lock: {e}")))?
-            .detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(self.cfg.lock_key)
-            .fetch_one(&mut lock)
-            .await
-            .map_err(|e| RotateError::Unavailable(format!("rotation lock: {e}")))?;
-        if !got {
-            let _ = lock.close().await;
-            return Err(RotateError::Locked(self.cfg.lock_key));
-        }
+            .map_err(|e| RotateError::Unavailable(format!("rotation lock: {e}")))?
+            .ok_or(RotateError::Locked(self.cfg.lock_key))?;
         let result = self.steps(store, &plan).await;
         // Closing the session releases the advisory lock (also if this process dies mid-rotation).
-        let _ = lock.close().await;
+        lock.release().await;
         result
     }
 
@@ -608,48 +609,9 @@ async fn record(store: &Store, event: Event) {
     }
 }
 
-async fn last_location(store: &Store, backend: &str, server: &str) -> Result<Option<String>, RotateError> {
-    let q = sqlx::query_scalar::<_, Option<String>>(
-        "SELECT detail->>'location' FROM events WHERE backend = $1 AND server = $2 AND kind = 'rotated'
-         ORDER BY at DESC, id DESC LIMIT 1",
-    )
-    .bind(backend)
-    .bind(server);
-    Ok(q.fetch_optional(store.pool())
-        .await
-        .map_err(|e| RotateError::Unavailable(format!("ledger: {e}")))?
-        .flatten())
-}
-
-/// Whether the last rotator event of `backend/server` is `rotation_failed`: its MAINT is ours.
-async fn left_by_failed_rotation(store: &Store, backend: &str, server: &str) -> Result<bool, RotateError> {
-    let q = sqlx::query_scalar::<_, String>(
-        "SELECT kind FROM events WHERE backend = $1 AND server = $2 AND actor = 'rotator'
-         ORDER BY at DESC, id DESC LIMIT 1",
-    )
-    .bind(backend)
-    .bind(server);
-    let last = q
-        .fetch_optional(store.pool())
-        .await
-        .map_err(|e| RotateError::Unavailable(format!("ledger: {e}")))?;
-    Ok(last.as_deref() == Some(EventKind::RotationFailed.as_str()))
-}
-
-async fn last_ip_change(
-    store: &Store,
-    backend: &str,
-    server: &str,
-) -> Result<Option<chrono::DateTime<chrono::Utc>>, RotateError> {
-    let q = sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
-        "SELECT max(at) FROM events WHERE backend = $1 AND server = $2 AND new_ip IS NOT NULL
-         AND kind IN ('rotated', 'exit_ip_changed', 'exit_ip_leak', 'exit_ip_observed')",
-    )
-    .bind(backend)
-    .bind(server);
-    q.fetch_one(store.pool())
-        .await
-        .map_err(|e| RotateError::Unavailable(format!("ledger: {e}")))
+/// A ledger read failed before anything changed.
+fn ledger_unavailable(e: LedgerError) -> RotateError {
+    RotateError::Unavailable(format!("ledger: {e}"))
 }
 
 #[cfg(test)]

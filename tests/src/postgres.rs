@@ -1,5 +1,5 @@
 //! A private PostgreSQL cluster per test: `initdb` into a temp dir, `postgres` on 127.0.0.1:<ephemeral>,
-//! the workspace `migrations/` applied with sqlx.
+//! the ledger schema applied with the ledger's own embedded migrations (`egress_ledger::MIGRATOR`).
 //!
 //! The server runs as a foreground child of the harness (`postgres -D ...`), not daemonized by
 //! `pg_ctl start`: that way the harness owns the process, its parent-death signal works and its log is
@@ -39,7 +39,7 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// initdb, start, create the `egress` database, apply `migrations/` (if the folder exists).
+    /// initdb, start, create the `egress` database, apply the ledger's migrations.
     pub fn start() -> anyhow::Result<Postgres> {
         let initdb = find_program("initdb", "postgresql")?;
         let postgres_bin = initdb.with_file_name("postgres");
@@ -104,7 +104,6 @@ impl Postgres {
         }
         pg.url = format!("postgres://{DB}@127.0.0.1:{}/{DB}", pg.port);
         let admin_url = format!("postgres://{DB}@127.0.0.1:{}/postgres", pg.port);
-        let migrations = migrations_dir();
         crate::runtime::block_on(async move {
             use sqlx::Connection as _;
             let mut admin = sqlx::PgConnection::connect(&admin_url)
@@ -117,22 +116,20 @@ impl Postgres {
             Ok(())
         })
         .context("creating the egress database")?;
-        if migrations.is_dir() {
-            let url = pg.url.clone();
-            crate::runtime::block_on(async move {
-                let migrator = sqlx::migrate::Migrator::new(migrations.as_path())
-                    .await
-                    .with_context(|| format!("reading migrations from {}", migrations.display()))?;
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect(&url)
-                    .await?;
-                migrator.run(&pool).await.context("applying migrations")?;
-                pool.close().await;
-                Ok(())
-            })?;
-        }
+        let url = pg.url.clone();
+        crate::runtime::block_on(async move {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&url)
+                .await?;
+            egress_ledger::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
+            pool.close().await;
+            Ok(())
+        })?;
         Ok(pg)
     }
 
@@ -246,14 +243,4 @@ impl From<anyhow::Error> for LaunchError {
     fn from(e: anyhow::Error) -> Self {
         LaunchError::Other(e)
     }
-}
-
-/// The workspace `migrations/` folder (override with EGRESS_MIGRATIONS_DIR).
-pub fn migrations_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EGRESS_MIGRATIONS_DIR") {
-        return dir.into();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("migrations")
 }

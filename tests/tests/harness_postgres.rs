@@ -23,21 +23,14 @@ async fn postgres_starts_answers_and_restarts() -> anyhow::Result<()> {
     );
     assert_eq!(query_one(pg.url()).await?, 42);
 
-    // Migrations, if the folder has any, are recorded by sqlx.
-    let migrations = egress_harness::postgres::migrations_dir();
-    let has_migrations = std::fs::read_dir(&migrations)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.path().extension().is_some_and(|x| x == "sql"))
-        })
-        .unwrap_or(false);
-    if has_migrations {
-        let mut conn = sqlx::PgConnection::connect(pg.url()).await?;
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&mut conn)
-            .await?;
-        assert!(n > 0, "migrations folder has files but none was applied");
-    }
+    // Every one of the ledger's embedded migrations is applied, and recorded by sqlx.
+    let mut conn = sqlx::PgConnection::connect(pg.url()).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut conn)
+        .await?;
+    let embedded = egress_ledger::MIGRATOR.iter().count();
+    assert!(embedded > 0, "the ledger embeds no migration");
+    assert_eq!(usize::try_from(n)?, embedded, "not every migration was applied");
 
     let pid = pg.pid().expect("running");
     pg.stop()?;
