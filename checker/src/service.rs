@@ -120,10 +120,10 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         };
         let (result, (), ()) = tokio::join!(checker, serve, heal);
         ledger_stop.cancel();
-        if let Some(task) = ledger_task {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "ledger writer task failed");
-            }
+        if let Some(task) = ledger_task
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "ledger writer task failed");
         }
         result.context("checker")
     }

@@ -330,12 +330,12 @@ impl Config {
             if let Err(e) = split_host_port(&t.address) {
                 p.push(format!("targets[{i}].address: {e}"));
             }
-            if let Some(name) = t.server_name.as_deref() {
-                if rustls::pki_types::ServerName::try_from(name.to_owned()).is_err() {
-                    p.push(format!(
-                        "targets[{i}].server_name {name:?} is not a valid TLS name"
-                    ));
-                }
+            if let Some(name) = t.server_name.as_deref()
+                && rustls::pki_types::ServerName::try_from(name.to_owned()).is_err()
+            {
+                p.push(format!(
+                    "targets[{i}].server_name {name:?} is not a valid TLS name"
+                ));
             }
         }
         if let Some(e) = &self.exit_ip {
@@ -374,13 +374,13 @@ impl Config {
         if self.agent.max_connections == 0 {
             p.push("agent.max_connections must be at least 1".into());
         }
-        if let Some(ca) = &self.tls.ca_file {
-            if !ca.is_file() {
-                p.push(format!(
-                    "tls.ca_file {} does not exist or is not a file",
-                    ca.display()
-                ));
-            }
+        if let Some(ca) = &self.tls.ca_file
+            && !ca.is_file()
+        {
+            p.push(format!(
+                "tls.ca_file {} does not exist or is not a file",
+                ca.display()
+            ));
         }
         let b = &self.backends;
         match (&b.runtime_api, b.servers.is_empty()) {

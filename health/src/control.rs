@@ -56,10 +56,10 @@ impl Control {
             return true;
         };
         let mut slot = slot.lock().await;
-        if let Some((at, ok)) = *slot {
-            if at.elapsed() < self.ttl {
-                return ok;
-            }
+        if let Some((at, ok)) = *slot
+            && at.elapsed() < self.ttl
+        {
+            return ok;
         }
         let ok = async {
             let stream = dial(&target.host, target.port, self.timeout).await?;

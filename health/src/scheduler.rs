@@ -278,18 +278,19 @@ async fn server_loop(ctx: Arc<Ctx>, key: ServerKey, addr: SocketAddr, token: Can
             })
         );
         let exit_due = force_exit_check || leak_quarantined || Instant::now() >= next_exit_check;
-        if matches!(outcome, Outcome::Success { .. }) && exit_due {
-            if let Some(result) = ctx.prober.exit_ip(addr).await {
-                let exit_interval = ctx
-                    .prober
-                    .exit_ip
-                    .as_ref()
-                    .map(|e| e.interval)
-                    .unwrap_or(interval);
-                next_exit_check = Instant::now() + exit_interval;
-                force_exit_check = false;
-                outcome = exit_ip_outcome(&ctx, &key, result, &mut last_ip, &mut ip_before_unknown);
-            }
+        if matches!(outcome, Outcome::Success { .. })
+            && exit_due
+            && let Some(result) = ctx.prober.exit_ip(addr).await
+        {
+            let exit_interval = ctx
+                .prober
+                .exit_ip
+                .as_ref()
+                .map(|e| e.interval)
+                .unwrap_or(interval);
+            next_exit_check = Instant::now() + exit_interval;
+            force_exit_check = false;
+            outcome = exit_ip_outcome(&ctx, &key, result, &mut last_ip, &mut ip_before_unknown);
         }
         drop(permit);
         ctx.shared

@@ -318,10 +318,9 @@ impl Machine {
                     reason: FailureClass::ExitIpLeak,
                     ..
                 } = s.health
+                    && !exit_ip_verified
                 {
-                    if !exit_ip_verified {
-                        return out;
-                    }
+                    return out;
                 }
                 s.failures = 0;
                 if std::mem::take(&mut s.held) {

@@ -234,10 +234,10 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
         .map_err(|_| format!("bad status code {:?}", truncate(code, 8)))?;
     let mut retry_after = None;
     for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("retry-after") {
-                retry_after = value.trim().parse::<u64>().ok();
-            }
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("retry-after")
+        {
+            retry_after = value.trim().parse::<u64>().ok();
         }
     }
     let body = &buf[end..buf.len().min(end + 512)];

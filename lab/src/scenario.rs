@@ -319,14 +319,13 @@ pub fn run(
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let now = start.elapsed();
-                if now >= fault_at {
-                    if let Some((status, weight)) = row_via(&socket) {
-                        if !(status.starts_with("UP") && weight > 0) {
-                            let mut l = left.lock().unwrap_or_else(|e| e.into_inner());
-                            if l.is_none() {
-                                *l = Some(now.saturating_sub(fault_at));
-                            }
-                        }
+                if now >= fault_at
+                    && let Some((status, weight)) = row_via(&socket)
+                    && !(status.starts_with("UP") && weight > 0)
+                {
+                    let mut l = left.lock().unwrap_or_else(|e| e.into_inner());
+                    if l.is_none() {
+                        *l = Some(now.saturating_sub(fault_at));
                     }
                 }
                 std::thread::sleep(Duration::from_millis(25));

@@ -288,10 +288,10 @@ impl Tracker {
             EventKind::ExitIpLeak if count => self.exit_ip_leaks += 1,
             _ => {}
         }
-        if e.kind.sets_exit_ip() {
-            if let Some(ip) = e.new_ip {
-                self.exit_ip = Some(ip.to_string());
-            }
+        if e.kind.sets_exit_ip()
+            && let Some(ip) = e.new_ip
+        {
+            self.exit_ip = Some(ip.to_string());
         }
         let after = self.state();
         if after != before {

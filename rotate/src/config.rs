@@ -169,13 +169,13 @@ impl GluetunExecutorConfig {
         if !["hostnames", "cities", "countries", "names"].contains(&self.field.as_str()) {
             p.push("rotation.executor.field: one of hostnames, cities, countries, names".into());
         }
-        if let Some(f) = &self.api_key_file {
-            if std::fs::metadata(f).is_err() {
-                p.push(format!(
-                    "rotation.executor.api_key_file: cannot read {}",
-                    f.display()
-                ));
-            }
+        if let Some(f) = &self.api_key_file
+            && std::fs::metadata(f).is_err()
+        {
+            p.push(format!(
+                "rotation.executor.api_key_file: cannot read {}",
+                f.display()
+            ));
         }
         p
     }
@@ -254,10 +254,12 @@ impl KubernetesExecutorConfig {
     pub fn problems<'a>(&'a self, servers: impl Iterator<Item = &'a String>) -> Vec<String> {
         let mut p = Vec::new();
         let k = "rotation.executor";
-        if let Some(ns) = &self.namespace {
-            if !is_dns_label(ns) {
-                p.push(format!("{k}.namespace {ns:?} is not a namespace name (lowercase letters, digits, '-', at most 63)"));
-            }
+        if let Some(ns) = &self.namespace
+            && !is_dns_label(ns)
+        {
+            p.push(format!(
+                "{k}.namespace {ns:?} is not a namespace name (lowercase letters, digits, '-', at most 63)"
+            ));
         }
         if !is_env_name(&self.env) {
             p.push(format!(
@@ -265,10 +267,10 @@ impl KubernetesExecutorConfig {
                 self.env
             ));
         }
-        if let Some(c) = &self.container {
-            if !is_dns_label(c) {
-                p.push(format!("{k}.container {c:?} is not a container name"));
-            }
+        if let Some(c) = &self.container
+            && !is_dns_label(c)
+        {
+            p.push(format!("{k}.container {c:?} is not a container name"));
         }
         if !is_annotation_key(&self.restart_annotation) {
             p.push(format!(

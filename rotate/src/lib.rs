@@ -207,13 +207,13 @@ impl Rotator {
                 "rotation.locations.\"{key}\" is empty"
             )));
         }
-        if let Some(to) = &to {
-            if !list.contains(to) {
-                return Err(RotateError::Invalid(format!(
-                    "--to {to:?} is not one of {key}'s locations ({})",
-                    list.join(", ")
-                )));
-            }
+        if let Some(to) = &to
+            && !list.contains(to)
+        {
+            return Err(RotateError::Invalid(format!(
+                "--to {to:?} is not one of {key}'s locations ({})",
+                list.join(", ")
+            )));
         }
         fleet
             .preflight(&backend, &server)

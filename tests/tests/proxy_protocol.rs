@@ -76,10 +76,10 @@ listen balancer
             .collect();
         for l in &lines {
             let ci = l.split(':').next().unwrap_or_default().to_owned();
-            if let Some(h) = l.split(" client=").nth(1).and_then(|r| r.split(' ').next()) {
-                if h != "-" {
-                    hashes.entry(ci).or_default().insert(h.to_owned());
-                }
+            if let Some(h) = l.split(" client=").nth(1).and_then(|r| r.split(' ').next())
+                && h != "-"
+            {
+                hashes.entry(ci).or_default().insert(h.to_owned());
             }
         }
         lines.len() >= 8

@@ -240,7 +240,7 @@ fn start_load(
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
-                    let r = if n % 4 == 0 {
+                    let r = if n.is_multiple_of(4) {
                         connect_tunnel(frontend, &echo.to_string(), Some(src)).and_then(|mut t| {
                             std::thread::sleep(Duration::from_millis(500));
                             http_get(&mut t, &echo.to_string(), "/")

@@ -34,12 +34,11 @@ where
         let mut chunk = [0u8; 2048];
         loop {
             // Stop early once Content-Length is satisfied; otherwise read to EOF (Connection: close).
-            if let Ok(Some(head)) = parse_response_head(&buf, MAX_ANSWER) {
-                if let Some(len) = content_length(&buf[..head.len]) {
-                    if buf.len() >= head.len.saturating_add(len) {
-                        break;
-                    }
-                }
+            if let Ok(Some(head)) = parse_response_head(&buf, MAX_ANSWER)
+                && let Some(len) = content_length(&buf[..head.len])
+                && buf.len() >= head.len.saturating_add(len)
+            {
+                break;
             }
             let n = match stream.read(&mut chunk).await {
                 Ok(n) => n,
