@@ -11,8 +11,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Shared;
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 use crate::state::{Reply, ServerKey};
 use egress_haproxy_api::valid_name;
 

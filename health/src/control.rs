@@ -3,31 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::probe::class::FailureClass;
-use crate::probe::{Prober, connect, tls};
-
-/// Resolve `host` and connect to the first address, all within `timeout`.
-pub async fn dial(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, FailureClass> {
-    let deadline = Instant::now() + timeout;
-    let addr = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => std::net::SocketAddr::new(ip, port),
-        Err(_) => {
-            let lookup = tokio::net::lookup_host((host, port));
-            match tokio::time::timeout(timeout, lookup).await {
-                Ok(Ok(mut addrs)) => addrs.next().ok_or(FailureClass::ConnectError)?,
-                Ok(Err(_)) => return Err(FailureClass::ConnectError),
-                Err(_) => return Err(FailureClass::ConnectTimeout),
-            }
-        }
-    };
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    connect::tcp_connect(addr, left).await
-}
+use crate::probe::direct::dial;
+use crate::probe::{Prober, tls};
 
 /// Per-target control results, cached for `ttl`. Concurrent callers for one target wait for a single
 /// probe instead of each dialling the target.

@@ -16,13 +16,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Shared;
 use crate::backends::{BackendSource, ServerSpec};
 use crate::config::ProbeConfig;
 use crate::control::Control;
 use crate::observer::{ExitIpEvent, TransitionObserver};
 use crate::probe::Prober;
 use crate::probe::class::FailureClass;
+use crate::shared::Shared;
 use crate::state::{Health, HealthKind, Outcome, ServerKey, Transition};
 
 /// Everything the probe tasks share.

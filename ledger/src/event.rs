@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -307,6 +308,27 @@ impl Event {
         self.id = id;
         self
     }
+}
+
+/// The names of the kinds where `pred` holds, as an SQL list literal: `('rotated', 'exit_ip_leak')`.
+///
+/// Inlined into statements rather than bound: a partial index's predicate (e.g. `events_ip_timeline`,
+/// `kind IN (...)`) only serves a query whose planner sees the same literal list. The names are
+/// [`EventKind::as_str`], plain snake_case, so no quoting is needed.
+pub(crate) fn kinds_sql(pred: impl Fn(EventKind) -> bool) -> String {
+    let names: Vec<String> = EventKind::ALL
+        .into_iter()
+        .filter(|k| pred(*k))
+        .map(|k| format!("'{}'", k.as_str()))
+        .collect();
+    format!("({})", names.join(", "))
+}
+
+/// The kinds that move the exit-IP timeline ([`EventKind::sets_exit_ip`]) as an SQL list, in the
+/// same order as the schema's `events_ip_timeline` index and `exit_ip_intervals` view list them.
+pub(crate) fn exit_ip_kinds_sql() -> &'static str {
+    static KINDS: LazyLock<String> = LazyLock::new(|| kinds_sql(EventKind::sets_exit_ip));
+    &KINDS
 }
 
 #[cfg(test)]

@@ -4,34 +4,11 @@
 //! Kinds and actors are [`EventKind`] and [`Actor`], never strings: the SQL's kind lists are built
 //! from [`EventKind::as_str`] (e.g. the kinds where [`EventKind::sets_exit_ip`] holds).
 
-use std::sync::LazyLock;
-
 use chrono::{DateTime, Utc};
 
 use crate::error::LedgerError;
-use crate::event::{Actor, EventKind};
+use crate::event::{Actor, EventKind, exit_ip_kinds_sql};
 use crate::store::Store;
-
-/// The names of the kinds where `pred` holds, as an SQL list literal: `('rotated', 'exit_ip_leak')`.
-///
-/// Inlined into statements rather than bound: a partial index's predicate (e.g. `events_ip_timeline`,
-/// `kind IN (...)`) only serves a query whose planner sees the same literal list. The names are
-/// [`EventKind::as_str`], plain snake_case, so no quoting is needed.
-pub(crate) fn kinds_sql(pred: impl Fn(EventKind) -> bool) -> String {
-    let names: Vec<String> = EventKind::ALL
-        .into_iter()
-        .filter(|k| pred(*k))
-        .map(|k| format!("'{}'", k.as_str()))
-        .collect();
-    format!("({})", names.join(", "))
-}
-
-/// The kinds that move the exit-IP timeline ([`EventKind::sets_exit_ip`]) as an SQL list, in the
-/// same order as the schema's `events_ip_timeline` index and `exit_ip_intervals` view list them.
-pub(crate) fn exit_ip_kinds_sql() -> &'static str {
-    static KINDS: LazyLock<String> = LazyLock::new(|| kinds_sql(EventKind::sets_exit_ip));
-    &KINDS
-}
 
 impl Store {
     /// The `location` recorded (in `detail`) by the last [`EventKind::Rotated`] event of
@@ -99,6 +76,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::kinds_sql;
     use crate::store::MIGRATOR;
 
     #[test]

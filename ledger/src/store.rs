@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::attribution::{AttributionRow, ClientHash, MAX_WINDOW, sort_and_merge};
 use crate::error::{LedgerError, redact_url};
+use crate::event::exit_ip_kinds_sql;
 use crate::event::{Actor, Event, EventKind};
-use crate::queries::exit_ip_kinds_sql;
 
 /// Most rows a `who` or `history` query returns; more are cut (the output says so).
 pub const MAX_QUERY_ROWS: i64 = 100_000;

@@ -3,6 +3,7 @@
 
 pub mod class;
 pub mod connect;
+pub mod direct;
 pub mod exit_ip;
 pub mod tls;
 
@@ -178,7 +179,7 @@ impl Prober {
     pub async fn direct_exit_ip(&self, timeout: Duration) -> Option<Result<IpAddr, FailureClass>> {
         let e = self.exit_ip.as_ref()?;
         let run = async {
-            let stream = crate::control::dial(&e.target.host, e.target.port, timeout).await?;
+            let stream = direct::dial(&e.target.host, e.target.port, timeout).await?;
             match &e.target.tls {
                 Some(name) => {
                     let tls = tls::handshake(&self.connector, name, stream, timeout).await?;
