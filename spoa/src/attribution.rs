@@ -58,8 +58,8 @@ pub struct AttributionRow {
     pub requests: u64,
 }
 
-/// Where aggregated rows go (the ledger writer, later). Must not block for long: called from the
-/// aggregation task.
+/// Where aggregated rows go ([`crate::ledger::LedgerSink`]: the ledger writer; [`LogSink`]: the log).
+/// Must not block for long: called from the aggregation task.
 pub trait AttributionSink: Send + Sync {
     /// Take ownership of closed rows.
     fn submit(&self, rows: Vec<AttributionRow>);

@@ -246,11 +246,6 @@ impl<'b> FrameWriter<'b> {
         self.buf[self.start..self.start + 4].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
-
-    /// Remove the partial frame.
-    pub fn abandon(self) {
-        self.buf.truncate(self.start);
-    }
 }
 
 /// SPOP status codes (SPOE.txt §3.5, `spop_err_reasons`), carried in DISCONNECT frames.
