@@ -63,18 +63,18 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeConfig {
     /// Time between probes of one server (fixed rate).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub interval: Duration,
     /// Each interval is scaled by a random factor in `[1 - jitter, 1 + jitter]`.
     pub jitter: f64,
     /// TCP connect to the backend.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub connect_timeout: Duration,
     /// From sending CONNECT to a complete response head.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub response_timeout: Duration,
     /// The TLS handshake through the tunnel.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub tls_timeout: Duration,
     /// Largest CONNECT response head accepted.
     pub max_response_head: usize,
@@ -131,10 +131,10 @@ pub struct ExitIpConfig {
     #[serde(default = "default_path")]
     pub path: String,
     /// How often each backend's exit IP is checked (also after every restore).
-    #[serde(default = "default_exit_interval", with = "humantime_serde_compat")]
+    #[serde(default = "default_exit_interval", with = "egress_common::duration")]
     pub interval: Duration,
     /// Deadline for the whole echo exchange after the tunnel is open.
-    #[serde(default = "default_exit_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_exit_timeout", with = "egress_common::duration")]
     pub timeout: Duration,
 }
 
@@ -157,7 +157,7 @@ pub struct DecisionConfig {
     /// Consecutive successes that restore.
     pub restore_after: u32,
     /// Slow-start window after a restore.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub ramp: Duration,
     /// Weight (percent of the configured weight) at the start of the ramp.
     pub ramp_start_percent: u8,
@@ -182,10 +182,10 @@ impl Default for DecisionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// How long a control result is reused.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub ttl: Duration,
     /// Deadline of the direct probe.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub timeout: Duration,
 }
 
@@ -203,7 +203,7 @@ impl Default for ControlConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Deadline to receive the `agent-send` line.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub read_timeout: Duration,
     /// Most agent connections served at once.
     pub max_connections: usize,
@@ -236,7 +236,7 @@ pub struct BackendsConfig {
     /// HAProxy backends whose servers are probed (with `runtime_api`).
     pub names: Vec<String>,
     /// How often the server list is re-read from the runtime API.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "egress_common::duration")]
     pub refresh: Duration,
     /// Static servers, when there is no runtime API.
     pub servers: Vec<StaticServer>,
@@ -412,18 +412,6 @@ impl Config {
             }
         }
         p
-    }
-}
-
-/// serde helpers for humantime strings (`"500ms"`, `"10s"`).
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use egress_haproxy_api::{AddrError, RuntimeApiAddr, valid_name};
 
@@ -25,25 +25,25 @@ pub struct RotationConfig {
     #[serde(default)]
     pub discovery: Option<DiscoveryConfig>,
     /// Deadline of one runtime-API command.
-    #[serde(default = "d_command", deserialize_with = "duration")]
+    #[serde(default = "d_command", with = "egress_common::duration")]
     pub command_timeout: Duration,
     /// How long to wait for the server's sessions to reach 0 before `shutdown sessions`.
-    #[serde(default = "d_drain", deserialize_with = "duration")]
+    #[serde(default = "d_drain", with = "egress_common::duration")]
     pub drain_deadline: Duration,
     /// How often `scur` is polled while draining.
-    #[serde(default = "d_poll", deserialize_with = "duration")]
+    #[serde(default = "d_poll", with = "egress_common::duration")]
     pub poll_interval: Duration,
     /// Deadline of the executor (change location + restart + ready).
-    #[serde(default = "d_restart", deserialize_with = "duration")]
+    #[serde(default = "d_restart", with = "egress_common::duration")]
     pub restart_timeout: Duration,
     /// Deadline for the restarted backend to pass a probe and show a new exit IP.
-    #[serde(default = "d_verify", deserialize_with = "duration")]
+    #[serde(default = "d_verify", with = "egress_common::duration")]
     pub verify_timeout: Duration,
     /// Postgres advisory-lock key: one rotation at a time across the fleet.
     #[serde(default = "d_lock")]
     pub lock_key: i64,
     /// Self-healing: `egress-checker run` rotates a server quarantined longer than this. Off when absent.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, with = "egress_common::duration::option")]
     pub quarantined_for: Option<Duration>,
     /// Self-healing never rotates while fewer than this many servers are healthy.
     #[serde(default = "d_min_healthy")]
@@ -103,15 +103,6 @@ fn d_restart_attempts() -> usize {
 }
 fn d_min_healthy() -> usize {
     1
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
 }
 
 /// `[rotation.executor]`: how the location changes and the backend restarts.
@@ -210,7 +201,7 @@ pub struct KubernetesExecutorConfig {
     #[serde(default = "d_annotation")]
     pub restart_annotation: String,
     /// How often the Deployment and its pods are read while waiting for the new pod.
-    #[serde(default = "d_k8s_poll", deserialize_with = "duration")]
+    #[serde(default = "d_k8s_poll", with = "egress_common::duration")]
     pub poll_interval: Duration,
     /// The API server (`http(s)://host:port`), without credentials; default: the in-cluster service
     /// account, else the kubeconfig (`KUBECONFIG`, `~/.kube/config`). For tests and `kubectl proxy`.
