@@ -345,7 +345,7 @@ pub fn run(
         Fault::Brownout => set(&victim, Mode::Delay(BROWNOUT)),
         Fault::RotateDrain => {
             let t = std::time::Instant::now();
-            rotate_drain(&haproxy, &mut proxies[0])?;
+            rotate_drain(rt, &haproxy, &mut proxies[0])?;
             rotation_ms = Some(t.elapsed().as_secs_f64() * 1e3);
         }
         Fault::RotateAbrupt => {
