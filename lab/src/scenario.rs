@@ -561,10 +561,7 @@ fn sleep_until(start: Instant, at: Duration) {
 
 /// The drain-rotate sequence of `egress-checker rotate`, through the same runtime-API fleet calls
 /// (egress-haproxy-api) and the rotation's drain wait, without the ledger and the exit-IP check.
-fn rotate_drain(h: &Haproxy, proxy: &mut Tinyproxy) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn rotate_drain(rt: &tokio::runtime::Runtime, h: &Haproxy, proxy: &mut Tinyproxy) -> anyhow::Result<()> {
     let fleet = Fleet::new(vec![RuntimeApi::new(
         RuntimeApiAddr::Unix(h.runtime_socket().to_path_buf()),
         Duration::from_secs(2),
