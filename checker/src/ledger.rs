@@ -65,6 +65,11 @@ pub struct HistoryArgs {
     pub json: bool,
 }
 
+/// `migrate`, `who` and `history --help`'s exit codes ([`fail`] maps them).
+pub const EXIT_CODES: &str = "Exit codes: 0 done, 1 the ledger failed (unreachable, refused the connection, \
+                              a query or the migration failed), 2 bad input (a time, a duration, the hash \
+                              key, a bad --database-url) or an unknown server.";
+
 fn fail(error: &LedgerError) -> ExitCode {
     eprintln!("egress-checker: {error}");
     match error {

@@ -67,17 +67,22 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Probe the backends and answer HAProxy's agent checks until SIGTERM/SIGINT.
+    #[command(after_help = service::EXIT_CODES)]
     Run(service::RunArgs),
     /// Create or upgrade the ledger schema in Postgres (idempotent; safe to run on every deploy).
+    #[command(after_help = ledger::EXIT_CODES)]
     Migrate(ledger::DbArgs),
     /// Who used exit IP X at time T (`--ip --at`), or which servers and exit IPs a client used
     /// (`--client --from --to`).
+    #[command(after_help = ledger::EXIT_CODES)]
     Who(ledger::WhoArgs),
     /// The event timeline of one server: quarantines, restores, drains, rotations, exit-IP changes.
+    #[command(after_help = ledger::EXIT_CODES)]
     History(ledger::HistoryArgs),
     /// The morning report: report.json, a static index.html with a timeline per server, and a Slack
     /// summary, over the last 24 h (--since). Files are replaced atomically; a failed run leaves the
     /// previous report in place.
+    #[command(after_help = report::EXIT_CODES)]
     Report(report::ReportArgs),
     /// Drain-rotate one server to a new exit IP with zero dropped clients: drain on every HAProxy,
     /// maint, restart in another location, verify the new exit IP, ready. `--next` picks the
@@ -115,6 +120,14 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    // `run` refuses a bad --database-url with the configuration, before anything binds.
+    if let Command::Run(args) = &command
+        && let Some(url) = &args.database_url
+        && let Err(error) = egress_ledger::Store::check_url(url)
+    {
+        eprintln!("egress-checker: --database-url: {error}");
+        return ExitCode::from(2);
+    }
     let runtime = match runtime(&command) {
         Ok(r) => r,
         Err(error) => {

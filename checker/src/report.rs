@@ -5,9 +5,16 @@ use std::process::ExitCode;
 
 use chrono::{SubsecRound, Utc};
 use egress_http::WebhookUrl;
+use egress_ledger::Store;
 use egress_report::{ReportError, html};
 
 use crate::output::{parse_duration, parse_since};
+
+/// `report --help`'s exit codes ([`main`] maps them).
+pub const EXIT_CODES: &str = "Exit codes: 0 written (and posted), 1 failed: the ledger could not be read, the \
+                              files could not be written or Slack did not take the message (the previous \
+                              report is left in place), 2 bad flags (--since, --slack-timeout, the webhook \
+                              URL, a bad --database-url).";
 
 /// `report`: read the ledger, write `report.json` and `index.html` atomically, post to Slack.
 #[derive(Debug, clap::Args)]
@@ -62,6 +69,7 @@ fn webhook(args: &ReportArgs) -> Result<Option<WebhookUrl>, ReportError> {
 }
 
 fn options(args: &ReportArgs) -> Result<egress_report::Options, ReportError> {
+    Store::check_url(&args.database_url).map_err(|e| ReportError::Usage(e.to_string()))?;
     let webhook = webhook(args)?;
     let slack_timeout = parse_duration(&args.slack_timeout).map_err(|e| ReportError::Usage(e.to_string()))?;
     // Whole seconds: the artifact reads better, and an event in the cut-off fraction is in the next run.

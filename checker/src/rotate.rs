@@ -13,8 +13,9 @@ use crate::config::Config;
     group(clap::ArgGroup::new("which").required(true).args(["server", "next"])),
     after_help = "Exit codes: 0 rotated (or planned), 1 the rotation failed (the server is left in MAINT; \
                   the ledger has a rotation_failed event with the reason) or a service it needs (the ledger, \
-                  the Kubernetes API, a Ready HAProxy replica) was unavailable (nothing changed), 2 bad input \
-                  or configuration (nothing changed), 3 another rotation holds the fleet-wide lock. \
+                  an HAProxy runtime API, the Kubernetes API, a Ready HAProxy replica) did not answer or \
+                  refused (nothing changed), 2 bad input or configuration, a bad --database-url included \
+                  (nothing changed), 3 another rotation holds the fleet-wide lock. \
                   --next never takes a server an operator put in MAINT (it says so)."
 )]
 pub struct RotateArgs {
@@ -45,9 +46,7 @@ pub struct RotateArgs {
     pub database_url: Option<String>,
 }
 
-/// Run `rotate`. Exit codes: 0 rotated (or planned), 1 the rotation failed (server left in maint) or
-/// a service was unavailable (nothing changed), 2 bad input or configuration (nothing changed),
-/// 3 another rotation holds the lock.
+/// Run `rotate` and print the outcome; the exit code is [`exit_code`]'s.
 pub async fn main(config: Config, args: RotateArgs) -> ExitCode {
     let result = run(config, args).await;
     match result {
@@ -57,14 +56,19 @@ pub async fn main(config: Config, args: RotateArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("egress-checker rotate: {e}");
-            match e {
-                RotateError::Invalid(_) => ExitCode::from(2),
-                RotateError::Locked(_) => ExitCode::from(3),
-                RotateError::Failed { .. } | RotateError::Ledger(_) | RotateError::Unavailable(_) => {
-                    ExitCode::FAILURE
-                }
-            }
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The exit codes of `rotate --help`: 1 the rotation failed (server left in maint) or a service did
+/// not answer (nothing changed), 2 bad input or configuration (nothing changed), 3 another rotation
+/// holds the lock.
+fn exit_code(e: &RotateError) -> u8 {
+    match e {
+        RotateError::Invalid(_) => 2,
+        RotateError::Locked(_) => 3,
+        RotateError::Failed { .. } | RotateError::Ledger(_) | RotateError::Unavailable(_) => 1,
     }
 }
 

@@ -14,6 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
+/// `run --help`'s exit codes (main maps them).
+pub const EXIT_CODES: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (a listener could not bind, \
+                              the ledger writer or the probes could not start), 2 invalid configuration, \
+                              a bad --database-url included (nothing started).";
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Address of the agent-check responder (HAProxy's agent-addr/agent-port).

@@ -73,7 +73,7 @@ fn load_day(url: &str) -> anyhow::Result<()> {
 }
 
 /// Validate `doc` against docs/report.schema.json with python3's `jsonschema` (Draft 2020-12).
-fn schema_check(doc: &Value) -> Result<(), String> {
+fn schema_check(doc: &Value) -> anyhow::Result<()> {
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.schema.json");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("doc.json");
@@ -98,7 +98,7 @@ fn schema_check(doc: &Value) -> Result<(), String> {
         !stderr.contains("ModuleNotFoundError"),
         "python3's jsonschema module is missing (pip install jsonschema, or kubernetes-validate): {stderr}"
     );
-    Err(format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)))
+    anyhow::bail!("{}{stderr}", String::from_utf8_lossy(&out.stdout))
 }
 
 /// A recorded request: request line, header lines, body, arrival time.
@@ -198,7 +198,7 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
         text(&o)
     );
     let report: Value = serde_json::from_slice(&std::fs::read(out_dir.path().join("report.json"))?)?;
-    schema_check(&report).map_err(anyhow::Error::msg)?;
+    schema_check(&report)?;
     let parsed: model::Report = serde_json::from_value(report.clone())?;
     let srv = |name: &str| {
         parsed
@@ -558,7 +558,7 @@ fn regenerate_sample_report() -> anyhow::Result<()> {
     );
     assert!(o.status.success(), "{}", text(&o));
     let report: Value = serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;
-    schema_check(&report).map_err(anyhow::Error::msg)?;
+    schema_check(&report)?;
     Ok(())
 }
 

@@ -68,23 +68,39 @@ struct Options {
     fallback: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// A command line the client cannot run (exit status 2), in words for the user.
+#[derive(Debug, PartialEq, Eq)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(text: impl Into<String>) -> UsageError {
+    UsageError(text.into())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, UsageError> {
     let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = s.strip_suffix('s') {
         (n, 1000)
     } else {
-        return Err(format!("{s:?}: a duration needs ms or s"));
+        return Err(usage(format!("{s:?}: a duration needs ms or s")));
     };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: not a duration"))?;
+    let n: u64 = num.parse().map_err(|_| usage(format!("{s:?}: not a duration")))?;
     let ms = n
         .checked_mul(unit)
         .filter(|ms| *ms > 0)
-        .ok_or_else(|| format!("{s:?}: out of range"))?;
+        .ok_or_else(|| usage(format!("{s:?}: out of range")))?;
     Ok(Duration::from_millis(ms))
 }
 
-fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+fn parse_args(args: &[String]) -> Result<Option<Options>, UsageError> {
     let mut o = Options {
         proxy: String::new(),
         connect: String::new(),
@@ -97,7 +113,11 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| usage(format!("{arg} needs a value")))
+        };
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
             "--proxy" => o.proxy = value()?,
@@ -107,25 +127,27 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--header" => {
                 let h = value()?;
                 if !h.contains(':') || h.contains('\r') || h.contains('\n') {
-                    return Err(format!("--header {h:?}: expected 'Name: value' on one line"));
+                    return Err(usage(format!(
+                        "--header {h:?}: expected 'Name: value' on one line"
+                    )));
                 }
                 o.headers.push(h);
             }
             "--connect-timeout" => o.connect_timeout = parse_duration(&value()?)?,
             "--answer-timeout" => o.answer_timeout = parse_duration(&value()?)?,
             "--no-fallback" => o.fallback = false,
-            other => return Err(format!("unknown argument {other:?}")),
+            other => return Err(usage(format!("unknown argument {other:?}"))),
         }
     }
     if o.proxy.is_empty() || o.connect.is_empty() {
-        return Err("--proxy and --connect are required".to_owned());
+        return Err(usage("--proxy and --connect are required"));
     }
     for (name, v) in [
         ("--connect", &o.connect),
         ("--get", o.get.as_ref().unwrap_or(&String::new())),
     ] {
         if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{name} {v:?}: no spaces or control characters"));
+            return Err(usage(format!("{name} {v:?}: no spaces or control characters")));
         }
     }
     Ok(Some(o))
@@ -176,12 +198,11 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+fn resolve(hostport: &str) -> std::io::Result<SocketAddr> {
     hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("{hostport}: {e}"))?
+        .to_socket_addrs()?
         .next()
-        .ok_or_else(|| format!("{hostport}: no address"))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
 
 /// Reads one HTTP answer head (up to the blank line) byte by byte, so no tunnel byte is consumed,
@@ -267,34 +288,87 @@ fn attempt(o: &Options, proxy: SocketAddr, number: u8) -> Result<TcpStream, Fail
     }
 }
 
-fn get_through(stream: &mut TcpStream, host: &str, path: &str, timeout: Duration) -> Result<String, String> {
+/// Why the `GET` through an open tunnel failed (exit status 1; not retried).
+#[derive(Debug)]
+enum GetError {
+    /// A socket option could not be set.
+    Socket(std::io::Error),
+    /// Writing the request failed.
+    Send(std::io::Error),
+    /// No complete answer head.
+    Head(String),
+    /// The answer is not HTTP/1.x.
+    NotHttp(String),
+    /// An answer other than 200.
+    Status {
+        /// The requested path.
+        path: String,
+        /// The status line.
+        line: String,
+    },
+    /// Reading the body failed.
+    Body(std::io::Error),
+    /// The body did not end before the deadline.
+    BodyTimeout,
+    /// The body is larger than [`MAX_BODY`].
+    BodyTooLarge,
+}
+
+impl std::fmt::Display for GetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetError::Socket(e) => write!(f, "{e}"),
+            GetError::Send(e) => write!(f, "sending GET: {e}"),
+            GetError::Head(reason) => f.write_str(reason),
+            GetError::NotHttp(head) => write!(f, "not an HTTP answer: {head:?}"),
+            GetError::Status { path, line } => write!(f, "GET {path} answered {line:?}"),
+            GetError::Body(e) => write!(f, "reading the body: {e}"),
+            GetError::BodyTimeout => f.write_str("the body did not end in time"),
+            GetError::BodyTooLarge => write!(f, "body larger than {MAX_BODY} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for GetError {}
+
+fn get_through(
+    stream: &mut TcpStream,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, GetError> {
     stream
         .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+        .map_err(GetError::Socket)?;
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| format!("sending GET: {e}"))?;
+        .map_err(GetError::Send)?;
     let deadline = Instant::now() + timeout;
-    let head = read_head(stream, deadline)?;
-    let (code, line) = status_of(&head).ok_or_else(|| format!("not an HTTP answer: {head:?}"))?;
+    let head = read_head(stream, deadline).map_err(GetError::Head)?;
+    let Some((code, line)) = status_of(&head) else {
+        return Err(GetError::NotHttp(head));
+    };
     if code != 200 {
-        return Err(format!("GET {path} answered {line:?}"));
+        return Err(GetError::Status {
+            path: path.to_owned(),
+            line,
+        });
     }
     let mut body = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("the body did not end in time".to_owned());
+            return Err(GetError::BodyTimeout);
         }
-        stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(left)).map_err(GetError::Socket)?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => body.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("reading the body: {e}")),
+            Err(e) => return Err(GetError::Body(e)),
         }
         if body.len() > MAX_BODY {
-            return Err(format!("body larger than {MAX_BODY} bytes"));
+            return Err(GetError::BodyTooLarge);
         }
     }
     Ok(String::from_utf8_lossy(&body).into_owned())
@@ -304,7 +378,7 @@ fn run(o: &Options) -> ExitCode {
     let proxy = match resolve(&o.proxy) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("egress-client: --proxy {e}");
+            eprintln!("egress-client: --proxy {}: {e}", o.proxy);
             return ExitCode::from(2);
         }
     };

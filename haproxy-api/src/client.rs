@@ -31,6 +31,34 @@ pub enum RuntimeApiError {
     Answer(String),
 }
 
+impl RuntimeApiError {
+    /// A short, stable label for this error's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "io",
+            Self::Timeout => "timeout",
+            Self::TooLarge => "too_large",
+            Self::BadCommand => "bad_command",
+            Self::Answer(_) => "answer",
+        }
+    }
+
+    /// True when HAProxy could not be reached or did not answer in time (connect refused, reset,
+    /// name resolution, the deadline): the instance may answer later. A Unix socket path that does
+    /// not exist is not: the address names nothing, which is the configuration's error.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Io(e) => e.kind() != std::io::ErrorKind::NotFound,
+            Self::Timeout => true,
+            Self::TooLarge | Self::BadCommand | Self::Answer(_) => false,
+        }
+    }
+}
+
+/// One row of a runtime-API table (`show servers state`, `show stat`): column name → value, as
+/// HAProxy printed it.
+pub type Row = HashMap<String, String>;
+
 /// Where to send commands, and the deadline for each.
 #[derive(Clone, Debug)]
 pub struct RuntimeApi {
@@ -64,10 +92,7 @@ impl RuntimeApi {
     }
 
     /// `show servers state <backend>`, parsed.
-    pub async fn servers_state(
-        &self,
-        backend: &str,
-    ) -> Result<Vec<HashMap<String, String>>, RuntimeApiError> {
+    pub async fn servers_state(&self, backend: &str) -> Result<Vec<Row>, RuntimeApiError> {
         if !valid_name(backend) {
             return Err(RuntimeApiError::BadCommand);
         }
@@ -174,7 +199,7 @@ pub fn command_blocking(
 /// Parse `show servers state` (format version 1) into one map per server, keyed by the header's
 /// column names (`be_name`, `srv_name`, `srv_addr`, `srv_port`, `srv_op_state`, ...), so columns
 /// added by later HAProxy versions do not break us.
-pub fn parse_servers_state(text: &str) -> Result<Vec<HashMap<String, String>>, RuntimeApiError> {
+pub fn parse_servers_state(text: &str) -> Result<Vec<Row>, RuntimeApiError> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let version = lines
         .next()
@@ -236,7 +261,7 @@ pub struct StatRow {
     /// `addr`, when the column exists and is set.
     pub addr: Option<String>,
     /// Every column by name, as HAProxy printed it.
-    pub fields: HashMap<String, String>,
+    pub fields: Row,
 }
 
 /// Parse `show stat` CSV: the first line is `# col,col,...`; every other non-empty line is one row.
@@ -348,7 +373,7 @@ impl AdminState {
     }
 
     /// From a `show servers state` row's `srv_admin_state` (a bitmask); `None` when unparsable.
-    pub fn from_servers_state_row(row: &HashMap<String, String>) -> Option<AdminState> {
+    pub fn from_servers_state_row(row: &Row) -> Option<AdminState> {
         let bits: u32 = row.get("srv_admin_state")?.parse().ok()?;
         Some(if bits & ADMIN_MAINT_BITS != 0 {
             AdminState::Maint
@@ -399,11 +424,7 @@ impl RuntimeApi {
     }
 
     /// The `show servers state` row of one server, `None` when HAProxy does not know it.
-    pub async fn server_state(
-        &self,
-        backend: &str,
-        server: &str,
-    ) -> Result<Option<HashMap<String, String>>, RuntimeApiError> {
+    pub async fn server_state(&self, backend: &str, server: &str) -> Result<Option<Row>, RuntimeApiError> {
         if !valid_name(server) {
             return Err(RuntimeApiError::BadCommand);
         }
@@ -704,5 +725,37 @@ mod tests {
             api.command("a\nb").await,
             Err(RuntimeApiError::BadCommand)
         ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_is_refused_or_late_never_a_path_that_names_nothing() {
+        // A port that was just free: nothing listens, the connect is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let refused = RuntimeApi::new(RuntimeApiAddr::Tcp(closed), Duration::from_secs(5))
+            .command("show info")
+            .await
+            .unwrap_err();
+        assert!(refused.is_unreachable(), "{refused}");
+        assert_eq!(refused.kind(), "io");
+        assert!(RuntimeApiError::Timeout.is_unreachable());
+
+        let missing = RuntimeApi::new(
+            RuntimeApiAddr::Unix("/nonexistent/haproxy.sock".into()),
+            Duration::from_secs(5),
+        )
+        .command("show info")
+        .await
+        .unwrap_err();
+        assert!(!missing.is_unreachable(), "{missing}");
+        for answer in [
+            RuntimeApiError::Answer("Unknown command".into()),
+            RuntimeApiError::TooLarge,
+            RuntimeApiError::BadCommand,
+        ] {
+            assert!(!answer.is_unreachable(), "{answer}");
+        }
     }
 }

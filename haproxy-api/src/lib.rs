@@ -14,6 +14,6 @@ pub mod client;
 
 pub use addr::{AddrError, RuntimeApiAddr, split_host_port, valid_name};
 pub use client::{
-    ADMIN_DRAIN_BITS, ADMIN_MAINT_BITS, AdminState, Fleet, FleetError, MAX_ANSWER, RuntimeApi,
+    ADMIN_DRAIN_BITS, ADMIN_MAINT_BITS, AdminState, Fleet, FleetError, MAX_ANSWER, Row, RuntimeApi,
     RuntimeApiError, StatRow, command_blocking, parse_servers_state, parse_show_stat,
 };

@@ -212,6 +212,19 @@ fn bind_rows<'q>(
         .bind(r)
 }
 
+/// A `postgres://` URL's connect options; anything else is [`LedgerError::InvalidInput`], with the
+/// password removed from the text.
+fn parse_url(url: &str) -> Result<PgConnectOptions, LedgerError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(LedgerError::InvalidInput(format!(
+            "bad database URL {}: expected postgres://user@host:port/database",
+            redact_url(url)
+        )));
+    }
+    url.parse()
+        .map_err(|e| LedgerError::InvalidInput(format!("bad database URL {}: {e}", redact_url(url))))
+}
+
 impl Store {
     /// Connect now (fails fast with a clear error if the database is unreachable or refuses us).
     pub async fn connect(url: &str) -> Result<Store, LedgerError> {
@@ -232,15 +245,7 @@ impl Store {
 
     /// A store that connects on first use (the writer starts even while Postgres is down).
     pub fn connect_lazy_with(url: &str, opts: StoreOptions) -> Result<Store, LedgerError> {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(LedgerError::InvalidInput(format!(
-                "bad database URL {}: expected postgres://user@host:port/database",
-                redact_url(url)
-            )));
-        }
-        let connect: PgConnectOptions = url
-            .parse()
-            .map_err(|e| LedgerError::InvalidInput(format!("bad database URL {}: {e}", redact_url(url))))?;
+        let connect = parse_url(url)?;
         let ms = opts.statement_timeout.as_millis().to_string();
         let connect = connect.options([("statement_timeout", ms.as_str())]);
         let pool = PgPoolOptions::new()
@@ -254,6 +259,13 @@ impl Store {
             statement_timeout: opts.statement_timeout,
             partitions: Arc::new(Mutex::new(HashSet::new())),
         })
+    }
+
+    /// Checks a database URL without connecting (and without a runtime), so that a binary can
+    /// refuse a bad one with its other configuration, before anything starts. The error is
+    /// [`LedgerError::InvalidInput`].
+    pub fn check_url(url: &str) -> Result<(), LedgerError> {
+        parse_url(url).map(drop)
     }
 
     /// The pool, for callers with their own statements.
@@ -775,4 +787,25 @@ pub fn who_client_sql() -> String {
 /// A Postgres interval literal for a TimeDelta (bound as text, cast with `::interval`).
 fn pg_interval(d: TimeDelta) -> String {
     format!("{} milliseconds", d.num_milliseconds())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_database_url_is_invalid_input_without_its_password() {
+        assert!(Store::check_url("postgres://egress@db:5432/egress").is_ok());
+        assert!(Store::check_url("postgresql://egress:s3cret@db/egress").is_ok());
+        for bad in [
+            "mysql://egress:s3cret@db/egress",
+            "postgres://egress:s3cret@db:port/egress",
+        ] {
+            let e = Store::check_url(bad).unwrap_err();
+            assert!(matches!(e, LedgerError::InvalidInput(_)), "{bad}: {e:?}");
+            let text = e.to_string();
+            assert!(text.starts_with("bad database URL"), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
 }

@@ -444,8 +444,17 @@ mod tests {
         address = "127.0.0.1:3128"
     "#;
 
-    fn load(extra: &str) -> Result<File, String> {
-        let f: File = toml::from_str(&format!("{BASE}\n{extra}")).map_err(|e| e.to_string())?;
+    /// Why [`load`] refused a configuration.
+    #[derive(Debug, thiserror::Error)]
+    enum LoadError {
+        #[error(transparent)]
+        Toml(#[from] toml::de::Error),
+        #[error("{}", .0.join("\n"))]
+        Problems(Vec<String>),
+    }
+
+    fn load(extra: &str) -> Result<File, LoadError> {
+        let f: File = toml::from_str(&format!("{BASE}\n{extra}"))?;
         let problems = f
             .rotation
             .as_ref()
@@ -454,7 +463,7 @@ mod tests {
         if problems.is_empty() {
             Ok(f)
         } else {
-            Err(problems.join("\n"))
+            Err(LoadError::Problems(problems))
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use crate::config::ExecutorConfig;
+use crate::error::ExecutorError;
 use crate::kubernetes::KubernetesExecutor;
 
 /// Runs the configured restart mechanism.
@@ -39,10 +40,10 @@ impl Executor {
 
     /// Checks what can be checked before anything changes (the kubernetes executor: the Deployment
     /// exists, uses strategy Recreate, has the container).
-    pub async fn preflight(&self, backend: &str, server: &str) -> Result<(), String> {
+    pub async fn preflight(&self, backend: &str, server: &str) -> Result<(), ExecutorError> {
         match self {
             Executor::Command { .. } | Executor::Gluetun(_) => Ok(()),
-            Executor::Kubernetes(k) => k.preflight(backend, server).await,
+            Executor::Kubernetes(k) => Ok(k.preflight(backend, server).await?),
         }
     }
 
@@ -72,9 +73,9 @@ impl Executor {
         server: &str,
         location: &str,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ExecutorError> {
         match self {
-            Executor::Kubernetes(k) => k.restart(backend, server, location, timeout).await,
+            Executor::Kubernetes(k) => Ok(k.restart(backend, server, location, timeout).await?),
             Executor::Gluetun(g) => gluetun_restart(g, backend, server, location, timeout).await,
             Executor::Command { program, args } => {
                 let mut child = tokio::process::Command::new(program)
@@ -87,7 +88,10 @@ impl Executor {
                     .stderr(Stdio::piped())
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+                    .map_err(|source| ExecutorError::Spawn {
+                        program: program.clone(),
+                        source,
+                    })?;
                 let mut stdout = child.stdout.take();
                 let mut stderr = child.stderr.take();
                 let run = async {
@@ -106,14 +110,17 @@ impl Executor {
                     let ((), (), status) = tokio::join!(read_out, read_err, child.wait());
                     (status, out, err)
                 };
-                let (status, out, err) = tokio::time::timeout(timeout, run).await.map_err(|_| {
-                    format!(
-                        "{} did not finish within {}",
-                        program.display(),
-                        humantime::format_duration(timeout)
-                    )
+                let (status, out, err) =
+                    tokio::time::timeout(timeout, run)
+                        .await
+                        .map_err(|_| ExecutorError::Timeout {
+                            program: program.clone(),
+                            within: timeout,
+                        })?;
+                let status = status.map_err(|source| ExecutorError::Wait {
+                    program: program.clone(),
+                    source,
                 })?;
-                let status = status.map_err(|e| format!("waiting for {}: {e}", program.display()))?;
                 let out = String::from_utf8_lossy(&out);
                 if !out.trim().is_empty() {
                     tracing::info!(output = %out.trim(), "executor stdout");
@@ -122,7 +129,7 @@ impl Executor {
                     Ok(())
                 } else {
                     let err = String::from_utf8_lossy(&err);
-                    let tail: String = err
+                    let stderr_tail: String = err
                         .trim()
                         .chars()
                         .rev()
@@ -131,7 +138,11 @@ impl Executor {
                         .into_iter()
                         .rev()
                         .collect();
-                    Err(format!("{} exited with {status}: {tail}", program.display()))
+                    Err(ExecutorError::Exit {
+                        program: program.clone(),
+                        status,
+                        stderr_tail,
+                    })
                 }
             }
         }
@@ -155,14 +166,21 @@ async fn gluetun_restart(
     server: &str,
     location: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ExecutorError> {
     let base = gluetun_url(g, backend, server);
-    let url = egress_http::WebhookUrl::parse(&format!("{base}/v1/vpn/settings"))
-        .map_err(|e| format!("rotation.executor.control_url for {backend}/{server}: {e}"))?;
+    let url = egress_http::WebhookUrl::parse(&format!("{base}/v1/vpn/settings")).map_err(|e| {
+        ExecutorError::ControlUrl {
+            server: format!("{backend}/{server}"),
+            reason: e.to_string(),
+        }
+    })?;
     let key = match &g.api_key_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
-                .map_err(|e| format!("reading {}: {e}", f.display()))?
+                .map_err(|source| ExecutorError::ApiKeyFile {
+                    path: f.clone(),
+                    source,
+                })?
                 .trim()
                 .to_owned(),
         ),
@@ -180,27 +198,27 @@ async fn gluetun_restart(
         &tls,
     )
     .await
-    .map_err(|e| {
-        format!(
-            "gluetun control server of {backend}/{server} ({}): {e}",
-            url.redacted()
-        )
+    .map_err(|e| ExecutorError::Http {
+        server: format!("{backend}/{server}"),
+        url: url.redacted(),
+        reason: e.to_string(),
     })?;
     if (200..300).contains(&answer.status) {
         tracing::info!(%backend, %server, %location, outcome = %answer.body_start.trim(), "gluetun applied the new server selection");
         Ok(())
     } else {
-        Err(format!(
-            "gluetun control server of {backend}/{server} answered {}: {}",
-            answer.status,
-            answer.body_start.trim()
-        ))
+        Err(ExecutorError::Rejected {
+            server: format!("{backend}/{server}"),
+            status: answer.status,
+            body: answer.body_start.trim().to_owned(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ExecutorErrorKind;
 
     #[tokio::test]
     async fn passes_the_arguments_and_reports_failures() {
@@ -231,6 +249,12 @@ mod tests {
             .restart("egress", "s1", "nl-ams", Duration::from_secs(10))
             .await
             .unwrap_err();
+        assert_eq!(e.kind(), ExecutorErrorKind::Exit);
+        assert!(
+            matches!(&e, ExecutorError::Exit { status, .. } if status.code() == Some(3)),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("no capacity in nl-ams") && e.contains('3'), "{e}");
 
         let slow = Executor::Command {
@@ -241,18 +265,19 @@ mod tests {
             .restart("egress", "s1", "x", Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert!(e.contains("did not finish"), "{e}");
+        assert_eq!(e.kind(), ExecutorErrorKind::Timeout);
+        assert!(e.to_string().contains("did not finish"), "{e}");
 
         let missing = Executor::Command {
             program: "/nonexistent/rotate".into(),
             args: vec![],
         };
-        assert!(
-            missing
-                .restart("egress", "s1", "x", Duration::from_secs(1))
-                .await
-                .unwrap_err()
-                .contains("cannot start")
-        );
+        let e = missing
+            .restart("egress", "s1", "x", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ExecutorErrorKind::Spawn);
+        assert!(!e.is_unavailable());
+        assert!(e.to_string().contains("cannot start"), "{e}");
     }
 }

@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 
 use crate::config::KubernetesExecutorConfig;
+use crate::error::{DiscoveryError, KubernetesError};
 
 /// Deadline of one API request (the whole restart has `rotation.restart_timeout`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -27,23 +28,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) async fn kube_client(
     api_url: Option<&str>,
     namespace: Option<&str>,
-) -> Result<(kube::Client, String), String> {
+) -> Result<(kube::Client, String), KubernetesError> {
     let mut config = match api_url {
         Some(url) => {
             let uri = url
                 .parse::<http::Uri>()
-                .map_err(|e| format!("Kubernetes API URL {url:?}: {e}"))?;
+                .map_err(|e| KubernetesError::Config(format!("Kubernetes API URL {url:?}: {e}")))?;
             kube::Config::new(uri)
         }
         None => kube::Config::infer().await.map_err(|e| {
-            format!("no Kubernetes API access (neither an in-cluster service account nor a kubeconfig): {e}")
+            KubernetesError::Config(format!(
+                "no Kubernetes API access (neither an in-cluster service account nor a kubeconfig): {e}"
+            ))
         })?,
     };
     config.connect_timeout = Some(REQUEST_TIMEOUT);
     config.read_timeout = Some(REQUEST_TIMEOUT);
     config.write_timeout = Some(REQUEST_TIMEOUT);
     let namespace = namespace.map_or_else(|| config.default_namespace.clone(), str::to_owned);
-    let client = kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+    let client = kube::Client::try_from(config)
+        .map_err(|e| KubernetesError::Config(format!("Kubernetes client: {e}")))?;
     Ok((client, namespace))
 }
 
@@ -51,13 +55,13 @@ pub(crate) async fn kube_client(
 /// must be Ready with an IP (a rotation that skipped one would leave its HAProxy behind).
 pub async fn discover_instances(
     cfg: &crate::config::DiscoveryConfig,
-) -> Result<Vec<egress_haproxy_api::RuntimeApiAddr>, String> {
+) -> Result<Vec<egress_haproxy_api::RuntimeApiAddr>, DiscoveryError> {
     let (client, ns) = kube_client(cfg.api_url.as_deref(), cfg.namespace.as_deref()).await?;
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     let list = pods
         .list(&ListParams::default().labels(&cfg.selector))
         .await
-        .map_err(|e| format!("listing pods {ns}/{}: {}", cfg.selector, api_error(&e)))?;
+        .map_err(|e| api_error(format!("listing pods {ns}/{}", cfg.selector), &e))?;
     let mut out = Vec::new();
     let mut not_ready = Vec::new();
     for pod in list.items {
@@ -81,13 +85,16 @@ pub async fn discover_instances(
         }
     }
     if !not_ready.is_empty() {
-        return Err(format!(
-            "HAProxy replica(s) {} in {ns} not Ready: refusing to rotate while a replica cannot follow",
-            not_ready.join(", ")
-        ));
+        return Err(DiscoveryError::NotReady {
+            namespace: ns,
+            pods: not_ready,
+        });
     }
     if out.is_empty() {
-        return Err(format!("no HAProxy pod in {ns} matches {}", cfg.selector));
+        return Err(DiscoveryError::NoneMatch {
+            namespace: ns,
+            selector: cfg.selector.clone(),
+        });
     }
     out.sort_by_key(|a| format!("{a:?}"));
     Ok(out)
@@ -134,7 +141,7 @@ impl KubernetesExecutor {
         )
     }
 
-    async fn client(&self) -> Result<&(kube::Client, String), String> {
+    async fn client(&self) -> Result<&(kube::Client, String), KubernetesError> {
         self.client
             .get_or_try_init(|| kube_client(self.cfg.api_url.as_deref(), self.cfg.namespace.as_deref()))
             .await
@@ -142,7 +149,7 @@ impl KubernetesExecutor {
 
     /// Checks, before anything changes, that the Deployment of `backend/server` exists, uses
     /// `strategy: Recreate` and has the container, whose env variable (if present) is a plain value.
-    pub async fn preflight(&self, backend: &str, server: &str) -> Result<(), String> {
+    pub async fn preflight(&self, backend: &str, server: &str) -> Result<(), KubernetesError> {
         let (client, ns) = self.client().await?;
         let name = self.cfg.deployment_of(backend, server);
         let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -151,21 +158,21 @@ impl KubernetesExecutor {
             .map(|_| ())
     }
 
-    fn check(&self, ns: &str, name: &str, env: &str, d: &Deployment) -> Result<Checked, String> {
+    fn check(&self, ns: &str, name: &str, env: &str, d: &Deployment) -> Result<Checked, KubernetesError> {
         let spec = d
             .spec
             .as_ref()
-            .ok_or_else(|| format!("Deployment {ns}/{name} has no spec"))?;
+            .ok_or_else(|| KubernetesError::Deployment(format!("Deployment {ns}/{name} has no spec")))?;
         let strategy = spec
             .strategy
             .as_ref()
             .and_then(|s| s.type_.as_deref())
             .unwrap_or("RollingUpdate");
         if strategy != "Recreate" {
-            return Err(format!(
+            return Err(KubernetesError::Deployment(format!(
                 "Deployment {ns}/{name} has strategy {strategy}; the rotation needs strategy Recreate \
                  (the old pod must be gone before the new one starts its tunnel); nothing was changed"
-            ));
+            )));
         }
         let containers = spec
             .template
@@ -175,18 +182,18 @@ impl KubernetesExecutor {
             .unwrap_or_default();
         let container = match &self.cfg.container {
             Some(want) => containers.iter().find(|c| &c.name == want).ok_or_else(|| {
-                format!(
+                KubernetesError::Deployment(format!(
                     "Deployment {ns}/{name} has no container {want:?} (it has: {})",
                     containers
                         .iter()
                         .map(|c| c.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                )
+                ))
             })?,
-            None => containers
-                .first()
-                .ok_or_else(|| format!("Deployment {ns}/{name} has no container"))?,
+            None => containers.first().ok_or_else(|| {
+                KubernetesError::Deployment(format!("Deployment {ns}/{name} has no container"))
+            })?,
         };
         let from_ref = container
             .env
@@ -194,10 +201,10 @@ impl KubernetesExecutor {
             .flatten()
             .any(|e| e.name == env && e.value_from.is_some());
         if from_ref {
-            return Err(format!(
+            return Err(KubernetesError::Deployment(format!(
                 "Deployment {ns}/{name}: container {} takes {env} from valueFrom; the rotation sets a plain value",
                 container.name
-            ));
+            )));
         }
         Ok(Checked {
             container: container.name.clone(),
@@ -212,7 +219,7 @@ impl KubernetesExecutor {
         server: &str,
         location: &str,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), KubernetesError> {
         let deadline = tokio::time::Instant::now() + timeout;
         // What the last poll saw, for the error when the deadline cuts a request short.
         let mut last_state: Option<(String, String)> = None;
@@ -235,7 +242,7 @@ impl KubernetesExecutor {
             let patched = deployments
                 .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                 .await
-                .map_err(|e| format!("patching Deployment {ns}/{name}: {}", api_error(&e)))?;
+                .map_err(|e| api_error(format!("patching Deployment {ns}/{name}"), &e))?;
             tracing::info!(deployment = %format!("{ns}/{name}"), env = %self.cfg.env_of(backend, server), %location, restarted_at = %stamp, "patched; waiting for the new pod");
             let generation = patched.metadata.generation.unwrap_or(0);
             let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -246,14 +253,16 @@ impl KubernetesExecutor {
                 {
                     Ok(None) => return Ok(()),
                     Ok(Some(s)) => s,
-                    Err(e) => e,
+                    // A failed poll is one more state to report; the next poll may succeed.
+                    Err(e) => e.to_string(),
                 };
                 last_state = Some((format!("{ns}/{name}"), state.clone()));
                 if tokio::time::Instant::now() + self.cfg.poll_interval >= deadline {
-                    return Err(format!(
-                        "Deployment {ns}/{name} was not ready within {}: {state}",
-                        humantime::format_duration(timeout)
-                    ));
+                    return Err(KubernetesError::NotReady {
+                        deployment: format!("{ns}/{name}"),
+                        within: timeout,
+                        state,
+                    });
                 }
                 tokio::time::sleep(self.cfg.poll_interval).await;
             }
@@ -261,14 +270,12 @@ impl KubernetesExecutor {
         let result = tokio::time::timeout_at(deadline, work).await;
         match (result, last_state) {
             (Ok(r), _) => r,
-            (Err(_), Some((deployment, state))) => Err(format!(
-                "Deployment {deployment} was not ready within {}: {state}",
-                humantime::format_duration(timeout)
-            )),
-            (Err(_), None) => Err(format!(
-                "the Kubernetes API did not answer within {}",
-                humantime::format_duration(timeout)
-            )),
+            (Err(_), Some((deployment, state))) => Err(KubernetesError::NotReady {
+                deployment,
+                within: timeout,
+                state,
+            }),
+            (Err(_), None) => Err(KubernetesError::Timeout { within: timeout }),
         }
     }
 
@@ -281,7 +288,7 @@ impl KubernetesExecutor {
         name: &str,
         generation: i64,
         stamp: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, KubernetesError> {
         let d = get_deployment(deployments, ns, name).await?;
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let status = d.status.clone().unwrap_or_default();
@@ -301,17 +308,18 @@ impl KubernetesExecutor {
         let selector = d
             .spec
             .as_ref()
-            .map(|s| label_selector(&s.selector))
-            .transpose()
-            .map_err(|e| format!("Deployment {ns}/{name}: {e}"))?
+            .map(|s| label_selector(ns, name, &s.selector))
+            .transpose()?
             .unwrap_or_default();
         if selector.is_empty() {
-            return Err(format!("Deployment {ns}/{name} has an empty selector"));
+            return Err(KubernetesError::Deployment(format!(
+                "Deployment {ns}/{name} has an empty selector"
+            )));
         }
         let list = pods
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(|e| format!("listing pods {selector:?}: {}", api_error(&e)))?;
+            .map_err(|e| api_error(format!("listing pods {selector:?}"), &e))?;
         let annotation = &self.cfg.restart_annotation;
         let new_pods: Vec<&Pod> = list
             .items
@@ -352,18 +360,21 @@ impl KubernetesExecutor {
     }
 }
 
-async fn get_deployment(api: &Api<Deployment>, ns: &str, name: &str) -> Result<Deployment, String> {
+async fn get_deployment(api: &Api<Deployment>, ns: &str, name: &str) -> Result<Deployment, KubernetesError> {
     api.get_opt(name)
         .await
-        .map_err(|e| format!("reading Deployment {ns}/{name}: {}", api_error(&e)))?
-        .ok_or_else(|| format!("Deployment {ns}/{name} not found"))
+        .map_err(|e| api_error(format!("reading Deployment {ns}/{name}"), &e))?
+        .ok_or_else(|| KubernetesError::Deployment(format!("Deployment {ns}/{name} not found")))
 }
 
-fn api_error(e: &kube::Error) -> String {
-    match e {
+/// A failed request: what was asked, and the API's status (`<code> <reason> (<message>)`) or the
+/// connection's error.
+fn api_error(action: String, e: &kube::Error) -> KubernetesError {
+    let detail = match e {
         kube::Error::Api(r) => format!("{} {} ({})", r.code, r.reason, r.message),
         other => other.to_string(),
-    }
+    };
+    KubernetesError::Api { action, detail }
 }
 
 fn pod_ready(p: &Pod) -> bool {
@@ -373,10 +384,12 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// A label selector in the API's query syntax (`a=b,c in (d,e),!f`).
+/// Deployment `ns/name`'s label selector in the API's query syntax (`a=b,c in (d,e),!f`).
 fn label_selector(
+    ns: &str,
+    name: &str,
     s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-) -> Result<String, String> {
+) -> Result<String, KubernetesError> {
     let mut parts: Vec<String> = s
         .match_labels
         .iter()
@@ -390,7 +403,11 @@ fn label_selector(
             "NotIn" => format!("{} notin ({values})", e.key),
             "Exists" => e.key.clone(),
             "DoesNotExist" => format!("!{}", e.key),
-            other => return Err(format!("unknown selector operator {other:?}")),
+            other => {
+                return Err(KubernetesError::Deployment(format!(
+                    "Deployment {ns}/{name}: unknown selector operator {other:?}"
+                )));
+            }
         });
     }
     Ok(parts.join(","))

@@ -14,6 +14,7 @@
 //! Every step has a deadline; a failed step leaves the server in maint and writes `rotation_failed`.
 
 pub mod config;
+pub mod error;
 pub mod executor;
 pub mod heal;
 /// The kubernetes executor and replica discovery (feature `kubernetes`, on by default).
@@ -31,14 +32,17 @@ use egress_ledger::{Actor, Event, EventKind, LedgerError, Store};
 use serde_json::json;
 
 use config::RotationConfig;
-use egress_haproxy_api::{AdminState, Fleet, RuntimeApi, valid_name};
+use egress_haproxy_api::{AdminState, Fleet, FleetError, RuntimeApi, RuntimeApiError, valid_name};
 use egress_health::probe::Prober;
+use egress_health::probe::class::FailureClass;
 use executor::Executor;
+
+pub use error::{DiscoveryError, ExecutorError, ExecutorErrorKind, KubernetesError};
 
 /// Why a rotation did not happen or did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {
-    /// Bad input, found before anything changed.
+    /// Bad input or configuration, found before anything changed.
     #[error("{0}")]
     Invalid(String),
     /// Another rotation holds the fleet-wide lock.
@@ -54,13 +58,39 @@ pub enum RotateError {
         /// Why.
         reason: String,
     },
-    /// The ledger could not be reached before the rotation started: nothing changed.
+    /// The ledger could not be reached before the rotation started: nothing changed. (A bad
+    /// database URL is [`RotateError::Invalid`].)
     #[error("the ledger is unreachable, nothing changed: {0}")]
-    Ledger(#[from] egress_ledger::LedgerError),
-    /// A service the rotation needs (the ledger, the Kubernetes API) could not be reached or
-    /// refused, before anything changed.
+    Ledger(#[source] egress_ledger::LedgerError),
+    /// A service the rotation needs (the ledger, an HAProxy runtime API, the Kubernetes API, a Ready
+    /// HAProxy replica) could not be reached, refused or did not answer in time, before anything
+    /// changed.
     #[error("{0} (nothing changed)")]
     Unavailable(String),
+}
+
+impl From<LedgerError> for RotateError {
+    /// A bad database URL is bad input (exit 2); anything else the ledger fails with means it could
+    /// not be used (exit 1).
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::InvalidInput(reason) => RotateError::Invalid(reason),
+            e => RotateError::Ledger(e),
+        }
+    }
+}
+
+impl RotateError {
+    /// A preflight step failed before anything changed: a service that did not answer is
+    /// [`Unavailable`](Self::Unavailable) (try again later), anything else is bad input or
+    /// configuration ([`Invalid`](Self::Invalid)).
+    fn before_change(unavailable: bool, reason: String) -> Self {
+        if unavailable {
+            RotateError::Unavailable(reason)
+        } else {
+            RotateError::Invalid(reason)
+        }
+    }
 }
 
 /// What a rotation will do (`--dry-run` prints it) or did.
@@ -218,15 +248,21 @@ impl Rotator {
         fleet
             .preflight(&backend, &server)
             .await
-            .map_err(|e| RotateError::Invalid(format!("cannot rotate {key}: {e}")))?;
+            .map_err(|e: FleetError| {
+                RotateError::before_change(e.source.is_unreachable(), format!("cannot rotate {key}: {e}"))
+            })?;
         self.executor
             .preflight(&backend, &server)
             .await
-            .map_err(|e| RotateError::Invalid(format!("cannot rotate {key}: {e}")))?;
+            .map_err(|e: ExecutorError| {
+                RotateError::before_change(e.is_unavailable(), format!("cannot rotate {key}: {e}"))
+            })?;
         let row = fleet.instances()[0]
             .server_state(&backend, &server)
             .await
-            .map_err(|e| RotateError::Invalid(format!("cannot rotate {key}: {e}")))?
+            .map_err(|e: RuntimeApiError| {
+                RotateError::before_change(e.is_unreachable(), format!("cannot rotate {key}: {e}"))
+            })?
             .ok_or_else(|| RotateError::Invalid(format!("unknown server {key}")))?;
         let addr = egress_health::backends::spec_from_row(&row)
             .ok_or_else(|| RotateError::Invalid(format!("{key} has no usable address in HAProxy")))?
@@ -299,10 +335,9 @@ impl Rotator {
             .map(|(b, s)| (b.to_owned(), s.to_owned()))
             .collect();
         let first = &fleet.instances()[0];
-        let stat = first
-            .show_stat()
-            .await
-            .map_err(|e| RotateError::Invalid(format!("--next: {}: {e}", first.addr())))?;
+        let stat = first.show_stat().await.map_err(|e| {
+            RotateError::before_change(e.is_unreachable(), format!("--next: {}: {e}", first.addr()))
+        })?;
         // A server in MAINT is the operator's unless a rotation of ours left it there (its last
         // rotator event is `rotation_failed`): never touch the operator's.
         for r in stat.iter().filter(|r| r.status.starts_with("MAINT")) {
@@ -550,26 +585,26 @@ impl Rotator {
     }
 
     /// Probe through the restarted server until a probe and an exit-IP check pass, or the deadline.
-    async fn verify(&self, addr: SocketAddr) -> Result<IpAddr, String> {
+    async fn verify(&self, addr: SocketAddr) -> Result<IpAddr, VerifyError> {
         let deadline = Instant::now() + self.cfg.verify_timeout;
-        let mut last = String::from("no probe completed");
+        let mut last = LastCheck::None;
         let mut target = 0usize;
         while Instant::now() < deadline {
             match self.prober.probe(addr, target).await {
                 Ok(()) => match self.prober.exit_ip(addr).await {
                     Some(Ok(ip)) => return Ok(ip),
-                    Some(Err(c)) => last = format!("exit-IP check failed: {}", c.as_str()),
-                    None => return Err("no [exit_ip] configured".into()),
+                    Some(Err(c)) => last = LastCheck::ExitIp(c),
+                    None => return Err(VerifyError::NoExitIpCheck),
                 },
-                Err(c) => last = format!("probe failed: {}", c.as_str()),
+                Err(c) => last = LastCheck::Probe(c),
             }
             target = target.wrapping_add(1);
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        Err(format!(
-            "no successful probe with an exit IP within {} (last: {last})",
-            humantime::format_duration(self.cfg.verify_timeout)
-        ))
+        Err(VerifyError::Deadline {
+            within: self.cfg.verify_timeout,
+            last,
+        })
     }
 
     /// Leave the server in maint (best effort on every instance) and record why.
@@ -590,6 +625,46 @@ impl Rotator {
 
 /// When a server's exit IP last changed.
 type Since = chrono::DateTime<chrono::Utc>;
+
+/// Why step 4 found no new exit IP.
+#[derive(Debug, thiserror::Error)]
+enum VerifyError {
+    /// Nothing to verify with.
+    #[error("no [exit_ip] configured")]
+    NoExitIpCheck,
+    /// No probe and exit-IP check passed in time.
+    #[error(
+        "no successful probe with an exit IP within {} (last: {last})",
+        humantime::format_duration(*.within)
+    )]
+    Deadline {
+        /// `rotation.verify_timeout`.
+        within: Duration,
+        /// How the last attempt ended.
+        last: LastCheck,
+    },
+}
+
+/// How the last verification attempt ended.
+#[derive(Debug)]
+enum LastCheck {
+    /// None completed.
+    None,
+    /// The probe through the server failed.
+    Probe(FailureClass),
+    /// The probe passed; the exit-IP check failed.
+    ExitIp(FailureClass),
+}
+
+impl std::fmt::Display for LastCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LastCheck::None => f.write_str("no probe completed"),
+            LastCheck::Probe(c) => write!(f, "probe failed: {}", c.as_str()),
+            LastCheck::ExitIp(c) => write!(f, "exit-IP check failed: {}", c.as_str()),
+        }
+    }
+}
 
 /// The locations a rotation tries, in order: every one once, then again from the first until
 /// `at_least` restarts (a restart in the same location usually lands on another VPN server).

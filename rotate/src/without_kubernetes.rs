@@ -5,15 +5,15 @@
 use std::time::Duration;
 
 use crate::config::{DiscoveryConfig, KubernetesExecutorConfig};
+use crate::error::{DiscoveryError, KubernetesError};
 
-/// Why nothing here can run.
-pub const NOT_BUILT: &str = "this egress-checker was built without the `kubernetes` feature";
+pub use crate::error::NOT_BUILT;
 
 /// Always an error: see [`NOT_BUILT`].
 pub async fn discover_instances(
     _cfg: &DiscoveryConfig,
-) -> Result<Vec<egress_haproxy_api::RuntimeApiAddr>, String> {
-    Err(NOT_BUILT.into())
+) -> Result<Vec<egress_haproxy_api::RuntimeApiAddr>, DiscoveryError> {
+    Err(KubernetesError::NotBuilt.into())
 }
 
 /// The kubernetes executor's place, empty.
@@ -32,8 +32,8 @@ impl KubernetesExecutor {
     }
 
     /// Always an error.
-    pub async fn preflight(&self, _backend: &str, _server: &str) -> Result<(), String> {
-        Err(NOT_BUILT.into())
+    pub async fn preflight(&self, _backend: &str, _server: &str) -> Result<(), KubernetesError> {
+        Err(KubernetesError::NotBuilt)
     }
 
     /// Always an error.
@@ -43,7 +43,7 @@ impl KubernetesExecutor {
         _server: &str,
         _location: &str,
         _timeout: Duration,
-    ) -> Result<(), String> {
-        Err(NOT_BUILT.into())
+    ) -> Result<(), KubernetesError> {
+        Err(KubernetesError::NotBuilt)
     }
 }

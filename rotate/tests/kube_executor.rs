@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use egress_rotate::config::KubernetesExecutorConfig;
 use egress_rotate::kubernetes::KubernetesExecutor;
+use egress_rotate::{ExecutorError, ExecutorErrorKind, KubernetesError};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -401,12 +402,14 @@ async fn a_missing_deployment_is_a_clear_error() {
     let (url, cluster) = stand_in(Scenario::Missing).await;
     let k = executor(&url, Some("gluetun"));
     let e = k.preflight("egress", "g01").await.unwrap_err();
-    assert_eq!(e, "Deployment egress/egress-g01 not found");
+    assert!(matches!(e, KubernetesError::Deployment(_)), "{e:?}");
+    assert_eq!(e.to_string(), "Deployment egress/egress-g01 not found");
     let e = k
         .restart("egress", "g01", "x", Duration::from_secs(10))
         .await
         .unwrap_err();
-    assert!(e.contains("not found"), "{e}");
+    assert_eq!(e.kind(), ExecutorErrorKind::Deployment);
+    assert!(e.to_string().contains("not found"), "{e}");
     let c = cluster.lock().unwrap();
     assert!(
         methods(&c).iter().all(|m| m.starts_with("GET ")),
@@ -420,6 +423,8 @@ async fn rolling_update_is_refused_before_patching() {
     let (url, cluster) = stand_in(Scenario::RollingUpdate).await;
     let k = executor(&url, Some("gluetun"));
     let e = k.preflight("egress", "g01").await.unwrap_err();
+    assert_eq!(e.kind(), ExecutorErrorKind::Deployment);
+    let e = e.to_string();
     assert!(
         e.contains("strategy RollingUpdate") && e.contains("Recreate"),
         "{e}"
@@ -428,7 +433,8 @@ async fn rolling_update_is_refused_before_patching() {
         .restart("egress", "g01", "x", Duration::from_secs(10))
         .await
         .unwrap_err();
-    assert!(e.contains("strategy RollingUpdate"), "{e}");
+    assert_eq!(e.kind(), ExecutorErrorKind::Deployment);
+    assert!(e.to_string().contains("strategy RollingUpdate"), "{e}");
     let c = cluster.lock().unwrap();
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     assert!(
@@ -443,6 +449,8 @@ async fn a_container_that_is_not_there_is_refused() {
     let (url, _cluster) = stand_in(Scenario::Rollout).await;
     let k = executor(&url, Some("wireguard"));
     let e = k.preflight("egress", "g01").await.unwrap_err();
+    assert_eq!(e.kind(), ExecutorErrorKind::Deployment);
+    let e = e.to_string();
     assert!(
         e.contains("no container \"wireguard\"") && e.contains("gluetun"),
         "{e}"
@@ -459,6 +467,12 @@ async fn never_ready_times_out_naming_what_is_missing() {
         .restart("egress", "g01", "de-fra-07", Duration::from_secs(4))
         .await
         .unwrap_err();
+    assert!(
+        matches!(&e, KubernetesError::NotReady { deployment, .. } if deployment == "egress/egress-g01"),
+        "{e:?}"
+    );
+    assert_eq!(e.kind(), ExecutorErrorKind::Timeout);
+    let e = e.to_string();
     assert!(e.contains("egress/egress-g01 was not ready within"), "{e}");
     for needle in ["updatedReplicas 0/1", "readyReplicas 0/1"] {
         assert!(e.contains(needle), "{needle} missing in {e}");
@@ -479,5 +493,15 @@ async fn an_unreachable_api_server_is_an_error_not_a_hang() {
         .await
         .expect("the preflight must give up by itself")
         .unwrap_err();
-    assert!(e.contains("reading Deployment egress/egress-g01"), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("reading Deployment egress/egress-g01"), "{text}");
+    // A service that did not answer: the rotation's exit code 1, never 2 (bad input).
+    assert_eq!(e.kind(), ExecutorErrorKind::KubernetesApi);
+    assert!(ExecutorError::from(e).is_unavailable(), "{text}");
+    assert!(
+        ExecutorError::from(KubernetesError::Timeout {
+            within: Duration::from_secs(1)
+        })
+        .is_unavailable()
+    );
 }

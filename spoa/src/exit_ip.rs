@@ -22,9 +22,55 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+/// The (backend, server) → exit IP map a source loads.
+pub type ExitIpMap = HashMap<(String, String), IpAddr>;
+
 /// The future an [`ExitIpSource`] returns.
-pub type LoadFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<HashMap<(String, String), IpAddr>, String>> + Send + 'a>>;
+pub type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<ExitIpMap, ExitIpError>> + Send + 'a>>;
+
+/// Why an exit-IP map could not be loaded (the refresher keeps the previous map).
+#[derive(Debug, thiserror::Error)]
+pub enum ExitIpError {
+    /// A line of the file is not `backend server ip`.
+    #[error("line {line}: want `backend server ip`, got {fields} fields")]
+    Fields {
+        /// 1-based line number.
+        line: usize,
+        /// How many whitespace-separated fields it had.
+        fields: usize,
+    },
+    /// The third field is not an IP address.
+    #[error("line {line}: bad IP {text:?}: {source}")]
+    BadIp {
+        /// 1-based line number.
+        line: usize,
+        /// The field.
+        text: String,
+        /// The parser's reason.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// The file could not be read.
+    #[error("{}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than the agent reads.
+    #[error("{}: larger than {max} bytes", .path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max: u64,
+    },
+    /// The ledger could not be read.
+    #[error(transparent)]
+    Ledger(#[from] egress_ledger::LedgerError),
+}
 
 /// Shortest time between two reloads asked for by lookups of unknown servers: a server that stays
 /// unknown (mid-rotation, or a name the ledger never saw) must not turn every request into a query.
@@ -86,7 +132,7 @@ impl ExitIps {
     }
 
     /// Replace the whole map.
-    pub fn replace(&self, map: HashMap<(String, String), IpAddr>) {
+    pub fn replace(&self, map: ExitIpMap) {
         let mut snap: Snapshot = HashMap::new();
         for ((backend, server), ip) in map {
             snap.entry(backend).or_default().insert(server, ip);
@@ -244,7 +290,7 @@ impl FileExitIpSource {
 }
 
 /// Parse the `backend server ip` text format.
-pub fn parse_exit_ip_lines(text: &str) -> Result<HashMap<(String, String), IpAddr>, String> {
+pub fn parse_exit_ip_lines(text: &str) -> Result<ExitIpMap, ExitIpError> {
     let mut map = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -253,15 +299,16 @@ pub fn parse_exit_ip_lines(text: &str) -> Result<HashMap<(String, String), IpAdd
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [backend, server, ip] = fields[..] else {
-            return Err(format!(
-                "line {}: want `backend server ip`, got {} fields",
-                n + 1,
-                fields.len()
-            ));
+            return Err(ExitIpError::Fields {
+                line: n + 1,
+                fields: fields.len(),
+            });
         };
-        let ip: IpAddr = ip
-            .parse()
-            .map_err(|e| format!("line {}: bad IP {ip:?}: {e}", n + 1))?;
+        let ip: IpAddr = ip.parse().map_err(|source| ExitIpError::BadIp {
+            line: n + 1,
+            text: ip.to_owned(),
+            source,
+        })?;
         map.insert((backend.to_owned(), server.to_owned()), ip);
     }
     Ok(map)
@@ -270,15 +317,18 @@ pub fn parse_exit_ip_lines(text: &str) -> Result<HashMap<(String, String), IpAdd
 impl ExitIpSource for FileExitIpSource {
     fn load(&self) -> LoadFuture<'_> {
         Box::pin(async move {
-            let meta = tokio::fs::metadata(&self.path)
-                .await
-                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+            let read_error = |source| ExitIpError::Read {
+                path: self.path.clone(),
+                source,
+            };
+            let meta = tokio::fs::metadata(&self.path).await.map_err(read_error)?;
             if meta.len() > MAX_FILE {
-                return Err(format!("{}: larger than {MAX_FILE} bytes", self.path.display()));
+                return Err(ExitIpError::TooLarge {
+                    path: self.path.clone(),
+                    max: MAX_FILE,
+                });
             }
-            let text = tokio::fs::read_to_string(&self.path)
-                .await
-                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+            let text = tokio::fs::read_to_string(&self.path).await.map_err(read_error)?;
             parse_exit_ip_lines(&text)
         })
     }
@@ -304,12 +354,15 @@ mod tests {
             parse_exit_ip_lines("# pool\negress s1 203.0.113.7\n\n egress  s2 2001:db8::1 # kr\n").unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[&("egress".into(), "s1".into())], IpAddr::from([203, 0, 113, 7]));
-        assert!(parse_exit_ip_lines("egress s1").unwrap_err().contains("line 1"));
+        let e = parse_exit_ip_lines("egress s1").unwrap_err();
+        assert!(matches!(e, ExitIpError::Fields { line: 1, fields: 2 }), "{e:?}");
+        assert!(e.to_string().contains("line 1"), "{e}");
+        let e = parse_exit_ip_lines("a b 1.1.1.1\negress s1 nope").unwrap_err();
         assert!(
-            parse_exit_ip_lines("a b 1.1.1.1\negress s1 nope")
-                .unwrap_err()
-                .contains("line 2")
+            matches!(&e, ExitIpError::BadIp { line: 2, text, .. } if text == "nope"),
+            "{e:?}"
         );
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 
     #[test]

@@ -149,7 +149,7 @@ impl LedgerExitIps {
 
 impl ExitIpSource for LedgerExitIps {
     fn load(&self) -> LoadFuture<'_> {
-        Box::pin(async move { self.store.current_exit_ips().await.map_err(|e| e.to_string()) })
+        Box::pin(async move { Ok(self.store.current_exit_ips().await?) })
     }
 }
 

@@ -50,9 +50,20 @@ connections. The frontend must not share a backend's name (an error from HAProxy
 
 The hash key is 32 hex characters, from --hash-key-file or the EGRESS_HASH_KEY environment variable.";
 
+/// What `main` returns, as `--help` prints it.
+const EXIT_CODES: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT (--check-config: the configuration is valid), \
+                          1 failed (the runtime, a listener, the metrics or the ledger writer could not start), \
+                          2 invalid configuration, a bad --database-url included (nothing started).";
+
 /// Command line; every option can also come from the environment.
 #[derive(Debug, Parser)]
-#[command(name = "egress-spoa", version, about = "HAProxy SPOE agent: client hash, exit IP and attribution for egress pools", long_about = LONG_ABOUT)]
+#[command(
+    name = "egress-spoa",
+    version,
+    about = "HAProxy SPOE agent: client hash, exit IP and attribution for egress pools",
+    long_about = LONG_ABOUT,
+    after_help = EXIT_CODES
+)]
 struct Cli {
     /// SPOP listen address.
     #[arg(long, env = "EGRESS_SPOA_LISTEN", default_value = "127.0.0.1:12345")]
@@ -178,10 +189,14 @@ fn check(cli: &Cli) -> anyhow::Result<Checked> {
     if cli.worker_threads == Some(0) {
         bail!("--worker-threads must be at least 1");
     }
+    if let Some(url) = &cli.database_url {
+        Store::check_url(url).context("--database-url")?;
+    }
     let exit_ip_entries = match &cli.exit_ips_file {
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("exit-IP file {}", path.display()))?;
+            // The reason in one line: its source is part of its text.
             let map = egress_spoa::exit_ip::parse_exit_ip_lines(&text)
                 .map_err(|e| anyhow::anyhow!("exit-IP file {}: {e}", path.display()))?;
             Some(map.len())

@@ -52,6 +52,15 @@ fn check_config_refuses_bad_settings_with_exit_2() {
             Some(KEY),
             "exit-IP file",
         ),
+        (
+            &[
+                "--check-config",
+                "--database-url",
+                "mysql://egress:s3cret@db/egress",
+            ],
+            Some(KEY),
+            "--database-url: bad database URL mysql://egress:***@db/egress",
+        ),
     ];
     for (args, key, want) in cases {
         let mut c = agent();
@@ -76,6 +85,8 @@ fn help_explains_and_shows_the_haproxy_lines() {
         "option spop-check",
         "txn.egress.client_hash",
         "EGRESS_SPOA_LISTEN",
+        "Exit codes: 0 stopped",
+        "2 invalid configuration",
     ] {
         assert!(text.contains(want), "missing {want:?} in --help:\n{text}");
     }

@@ -10,14 +10,13 @@
 //! HAProxy then runs in the foreground (`-db`); with `log stdout format raw local0` its log lines land
 //! in the captured output ([`Haproxy::logs`]).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use egress_haproxy_api::RuntimeApiAddr;
+use egress_haproxy_api::{Row, RuntimeApiAddr};
 use nix::sys::signal::Signal;
 
 use crate::dirs::HarnessDir;
@@ -185,12 +184,12 @@ impl Haproxy {
     }
 
     /// `show stat`, one map per row keyed by the CSV header (pxname, svname, status, scur, ...).
-    pub fn show_stat(&self) -> anyhow::Result<Vec<HashMap<String, String>>> {
+    pub fn show_stat(&self) -> anyhow::Result<Vec<Row>> {
         parse_show_stat(&self.cmd("show stat")?)
     }
 
     /// The `show stat` row of `proxy`/`server` (e.g. "egress", "b1" or "egress", "BACKEND").
-    pub fn stat(&self, proxy: &str, server: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
+    pub fn stat(&self, proxy: &str, server: &str) -> anyhow::Result<Option<Row>> {
         Ok(self.show_stat()?.into_iter().find(|row| {
             row.get("pxname").map(String::as_str) == Some(proxy)
                 && row.get("svname").map(String::as_str) == Some(server)
@@ -199,7 +198,7 @@ impl Haproxy {
 
     /// `show servers state`, one map per server keyed by the header (be_name, srv_name, srv_op_state,
     /// srv_admin_state, srv_addr, ...).
-    pub fn show_servers_state(&self) -> anyhow::Result<Vec<HashMap<String, String>>> {
+    pub fn show_servers_state(&self) -> anyhow::Result<Vec<Row>> {
         parse_servers_state(&self.cmd("show servers state")?)
     }
 
@@ -321,7 +320,7 @@ fn send(socket: &Path, command: &str) -> anyhow::Result<String> {
 
 /// `show stat` rows keyed by the CSV header (pxname, svname, status, scur, ...), parsed by
 /// egress-haproxy-api's strict parser (a cut-off dump is an error, not fewer rows).
-pub fn parse_show_stat(text: &str) -> anyhow::Result<Vec<HashMap<String, String>>> {
+pub fn parse_show_stat(text: &str) -> anyhow::Result<Vec<Row>> {
     Ok(egress_haproxy_api::parse_show_stat(text)?
         .into_iter()
         .map(|r| r.fields)
@@ -329,7 +328,7 @@ pub fn parse_show_stat(text: &str) -> anyhow::Result<Vec<HashMap<String, String>
 }
 
 /// `show servers state` rows keyed by the header (be_name, srv_name, srv_op_state, ...).
-pub fn parse_servers_state(text: &str) -> anyhow::Result<Vec<HashMap<String, String>>> {
+pub fn parse_servers_state(text: &str) -> anyhow::Result<Vec<Row>> {
     Ok(egress_haproxy_api::parse_servers_state(text)?)
 }
 

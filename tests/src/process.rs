@@ -285,11 +285,11 @@ pub fn tail(log: &str) -> &str {
 
 /// `setpriv [--reuid --regid --init-groups] --pdeathsig=KILL -- <program> <args>`, same env and cwd.
 fn wrap(cmd: &Command, run_as: Option<&str>) -> anyhow::Result<Command> {
-    static SETPRIV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static SETPRIV: OnceLock<anyhow::Result<PathBuf>> = OnceLock::new();
     let setpriv = SETPRIV
-        .get_or_init(|| find_program("setpriv", "util-linux").map_err(|e| e.to_string()))
+        .get_or_init(|| find_program("setpriv", "util-linux"))
         .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let mut wrapped = Command::new(setpriv);
     if let Some(user) = run_as.filter(|_| is_root()) {
         wrapped.args([

@@ -4,14 +4,13 @@
 use std::sync::OnceLock;
 
 pub(crate) fn handle() -> anyhow::Result<tokio::runtime::Handle> {
-    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    static RT: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
     let rt = RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("egress-harness")
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())
     });
     match rt {
         Ok(rt) => Ok(rt.handle().clone()),

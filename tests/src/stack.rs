@@ -6,13 +6,13 @@
 //! Everything stops when the [`LocalStack`] drops (fields drop in declaration order: the agents first,
 //! so they flush the ledger while Postgres still runs).
 
-use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use egress_haproxy_api::Row;
 
 use crate::bins::bin_path;
 use crate::client::{connect_from, connect_request_with, http_get};
@@ -232,7 +232,7 @@ impl LocalStack {
     }
 
     /// The `show stat` rows of the pool's servers: (backend/server, row).
-    pub fn server_stats(&self) -> anyhow::Result<Vec<(String, HashMap<String, String>)>> {
+    pub fn server_stats(&self) -> anyhow::Result<Vec<(String, Row)>> {
         let names: Vec<(String, String)> = self.servers().into_iter().map(|(b, n, _)| (b, n)).collect();
         Ok(self
             .haproxy
