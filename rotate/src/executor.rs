@@ -1,12 +1,93 @@
 //! Step 3 of a rotation: give the backend its new location and restart it.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
+
+use egress_http::{Client, Proxy, WebhookUrl};
 
 use tokio::io::AsyncReadExt;
 
 use crate::config::ExecutorConfig;
 use crate::kubernetes::KubernetesExecutor;
+
+/// Why an executor could not restart (or prepare to restart) a backend, in its own words.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The command could not be started.
+    #[error("cannot start {}: {source}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The command ran past the timeout (it was killed).
+    #[error("{} did not finish within {}", program.display(), humantime::format_duration(*timeout))]
+    Timeout {
+        /// The program.
+        program: PathBuf,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Waiting for the command failed.
+    #[error("waiting for {}: {source}", program.display())]
+    Wait {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The command exited unsuccessfully.
+    #[error("{} exited with {status}: {stderr_tail}", program.display())]
+    Failed {
+        /// The program.
+        program: PathBuf,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The last 400 characters of its stderr.
+        stderr_tail: String,
+    },
+    /// The kubernetes executor's error (see [`super::kubernetes`]).
+    #[error("{0}")]
+    Kubernetes(String),
+    /// `rotation.executor.control_url` does not give a usable URL for this server.
+    #[error("rotation.executor.control_url for {server}: {source}")]
+    ControlUrl {
+        /// `backend/server`.
+        server: String,
+        /// Why.
+        source: egress_http::UrlError,
+    },
+    /// The API key file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    ApiKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// gluetun's control server could not be reached, or did not answer in time.
+    #[error("gluetun control server of {server} ({target}): {source}")]
+    Unreachable {
+        /// `backend/server`.
+        server: String,
+        /// The control server, redacted to scheme, host and port.
+        target: String,
+        /// Why.
+        source: egress_http::Error,
+    },
+    /// gluetun answered, with a status other than 2xx.
+    #[error("gluetun control server of {server} answered {status}: {outcome}")]
+    Refused {
+        /// `backend/server`.
+        server: String,
+        /// The status code.
+        status: u16,
+        /// The start of its answer (gluetun's outcome in words).
+        outcome: String,
+    },
+}
 
 /// Runs the configured restart mechanism.
 #[derive(Clone, Debug)]
@@ -39,10 +120,13 @@ impl Executor {
 
     /// Checks what can be checked before anything changes (the kubernetes executor: the Deployment
     /// exists, uses strategy Recreate, has the container).
-    pub async fn preflight(&self, backend: &str, server: &str) -> Result<(), String> {
+    pub async fn preflight(&self, backend: &str, server: &str) -> Result<(), ExecutorError> {
         match self {
             Executor::Command { .. } | Executor::Gluetun(_) => Ok(()),
-            Executor::Kubernetes(k) => k.preflight(backend, server).await,
+            Executor::Kubernetes(k) => k
+                .preflight(backend, server)
+                .await
+                .map_err(ExecutorError::Kubernetes),
         }
     }
 
@@ -72,9 +156,12 @@ impl Executor {
         server: &str,
         location: &str,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ExecutorError> {
         match self {
-            Executor::Kubernetes(k) => k.restart(backend, server, location, timeout).await,
+            Executor::Kubernetes(k) => k
+                .restart(backend, server, location, timeout)
+                .await
+                .map_err(ExecutorError::Kubernetes),
             Executor::Gluetun(g) => gluetun_restart(g, backend, server, location, timeout).await,
             Executor::Command { program, args } => {
                 let mut child = tokio::process::Command::new(program)
@@ -87,7 +174,10 @@ impl Executor {
                     .stderr(Stdio::piped())
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+                    .map_err(|source| ExecutorError::Spawn {
+                        program: program.clone(),
+                        source,
+                    })?;
                 let mut stdout = child.stdout.take();
                 let mut stderr = child.stderr.take();
                 let run = async {
@@ -106,14 +196,17 @@ impl Executor {
                     let ((), (), status) = tokio::join!(read_out, read_err, child.wait());
                     (status, out, err)
                 };
-                let (status, out, err) = tokio::time::timeout(timeout, run).await.map_err(|_| {
-                    format!(
-                        "{} did not finish within {}",
-                        program.display(),
-                        humantime::format_duration(timeout)
-                    )
+                let (status, out, err) =
+                    tokio::time::timeout(timeout, run)
+                        .await
+                        .map_err(|_| ExecutorError::Timeout {
+                            program: program.clone(),
+                            timeout,
+                        })?;
+                let status = status.map_err(|source| ExecutorError::Wait {
+                    program: program.clone(),
+                    source,
                 })?;
-                let status = status.map_err(|e| format!("waiting for {}: {e}", program.display()))?;
                 let out = String::from_utf8_lossy(&out);
                 if !out.trim().is_empty() {
                     tracing::info!(output = %out.trim(), "executor stdout");
@@ -131,7 +224,11 @@ impl Executor {
                         .into_iter()
                         .rev()
                         .collect();
-                    Err(format!("{} exited with {status}: {tail}", program.display()))
+                    Err(ExecutorError::Failed {
+                        program: program.clone(),
+                        status,
+                        stderr_tail: tail,
+                    })
                 }
             }
         }
@@ -149,52 +246,63 @@ fn gluetun_url(g: &crate::config::GluetunExecutorConfig, backend: &str, server: 
 /// `PUT /v1/vpn/settings` with `{"provider":{"server_selection":{<field>:[location]}}}`: gluetun
 /// merges it into its settings, validates them against its server list and reconnects the tunnel.
 /// Its answer is the outcome in words; anything but 2xx is the error, with that text.
+///
+/// Always direct: the control server is on the backend's own network (the pod, the compose
+/// project), and an `HTTPS_PROXY`/`HTTP_PROXY` meant for the Slack webhook must not carry it.
 async fn gluetun_restart(
     g: &crate::config::GluetunExecutorConfig,
     backend: &str,
     server: &str,
     location: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ExecutorError> {
+    let key = format!("{backend}/{server}");
     let base = gluetun_url(g, backend, server);
-    let url = egress_http::WebhookUrl::parse(&format!("{base}/v1/vpn/settings"))
-        .map_err(|e| format!("rotation.executor.control_url for {backend}/{server}: {e}"))?;
-    let key = match &g.api_key_file {
+    let url = WebhookUrl::parse(&format!("{base}/v1/vpn/settings")).map_err(|source| {
+        ExecutorError::ControlUrl {
+            server: key.clone(),
+            source,
+        }
+    })?;
+    let api_key = match &g.api_key_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
-                .map_err(|e| format!("reading {}: {e}", f.display()))?
+                .map_err(|source| ExecutorError::ApiKey {
+                    path: f.clone(),
+                    source,
+                })?
                 .trim()
                 .to_owned(),
         ),
         None => None,
     };
     let body = serde_json::json!({"provider": {"server_selection": {g.field.as_str(): [location]}}});
-    let headers: Vec<(&str, &str)> = key.as_deref().map(|k| ("X-API-Key", k)).into_iter().collect();
-    let tls = egress_http::tls_config();
-    let answer = egress_http::send_json(
-        "PUT",
-        &url,
-        &headers,
-        body.to_string().as_bytes(),
-        timeout.min(Duration::from_secs(30)),
-        &tls,
-    )
-    .await
-    .map_err(|e| {
-        format!(
-            "gluetun control server of {backend}/{server} ({}): {e}",
-            url.redacted()
+    let headers: Vec<(&str, &str)> = api_key.as_deref().map(|k| ("X-API-Key", k)).into_iter().collect();
+    let unreachable = |source| ExecutorError::Unreachable {
+        server: key.clone(),
+        target: url.redacted(),
+        source,
+    };
+    let answer = Client::new(Proxy::Direct)
+        .map_err(unreachable)?
+        .send_json(
+            egress_http::Method::PUT,
+            &url,
+            &headers,
+            body.to_string().as_bytes(),
+            timeout.min(Duration::from_secs(30)),
         )
-    })?;
+        .await
+        .map_err(unreachable)?;
     if (200..300).contains(&answer.status) {
         tracing::info!(%backend, %server, %location, outcome = %answer.body_start.trim(), "gluetun applied the new server selection");
         Ok(())
     } else {
-        Err(format!(
-            "gluetun control server of {backend}/{server} answered {}: {}",
-            answer.status,
-            answer.body_start.trim()
-        ))
+        Err(ExecutorError::Refused {
+            server: key,
+            status: answer.status,
+            outcome: answer.body_start.trim().to_owned(),
+        })
     }
 }
 
@@ -231,6 +339,7 @@ mod tests {
             .restart("egress", "s1", "nl-ams", Duration::from_secs(10))
             .await
             .unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("no capacity in nl-ams") && e.contains('3'), "{e}");
 
         let slow = Executor::Command {
@@ -241,7 +350,7 @@ mod tests {
             .restart("egress", "s1", "x", Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert!(e.contains("did not finish"), "{e}");
+        assert!(e.to_string().contains("did not finish"), "{e}");
 
         let missing = Executor::Command {
             program: "/nonexistent/rotate".into(),
@@ -252,6 +361,7 @@ mod tests {
                 .restart("egress", "s1", "x", Duration::from_secs(1))
                 .await
                 .unwrap_err()
+                .to_string()
                 .contains("cannot start")
         );
     }
