@@ -12,7 +12,9 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use egress_common::http1;
+use egress_harness::metrics;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 struct Args {
@@ -46,29 +48,9 @@ fn args() -> Args {
 async fn fake_connect_server(l: TcpListener) {
     while let Ok((mut s, _)) = l.accept().await {
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let mut got = 0usize;
-            let read = async {
-                loop {
-                    let n = s.read(&mut buf[got..]).await.ok()?;
-                    if n == 0 {
-                        return None;
-                    }
-                    got += n;
-                    if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                        return Some(());
-                    }
-                    if got == buf.len() {
-                        return None;
-                    }
-                }
-            };
-            if tokio::time::timeout(Duration::from_secs(2), read)
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-            {
+            let mut buf = Vec::with_capacity(256);
+            let read = http1::read_request_head(&mut s, &mut buf, 1024);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), read).await {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
             }
         });
@@ -103,37 +85,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn scrape(addr: SocketAddr) -> String {
-    use std::io::Read as _;
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// (upper bound, cumulative count) of a histogram.
 fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}_bucket");
-    text.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
+    let bucket = format!("{name}_bucket");
+    metrics::samples(text)
+        .filter(|s| s.name == bucket)
+        .filter_map(|s| {
+            let le = match s.label("le")? {
+                "+Inf" => f64::INFINITY,
+                le => le.parse().ok()?,
             };
-            Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
+            Some((le, s.value))
         })
         .collect()
 }
@@ -176,7 +138,7 @@ fn main() {
         .unwrap();
     }
     drop(f);
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut child = std::process::Command::new(&a.bin)
         .arg("--config")
         .arg(&cfg)
@@ -186,13 +148,13 @@ fn main() {
         .arg("--agent-listen")
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--metrics-listen")
-        .arg(metrics.to_string())
+        .arg(metrics_addr.to_string())
         .spawn()
         .expect("spawn egress-checker");
     let pid = child.id();
     // Warm up: every server gets its first probes and the schedule settles.
     std::thread::sleep(Duration::from_secs(5));
-    let m0 = scrape(metrics);
+    let m0 = metrics::scrape(metrics_addr).unwrap_or_default();
     let me = std::process::id();
     let (c0, f0, t0) = (cpu_seconds(pid), cpu_seconds(me), Instant::now());
     let mut peak = 0;
@@ -201,14 +163,14 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let (c1, f1, wall) = (cpu_seconds(pid), cpu_seconds(me), t0.elapsed().as_secs_f64());
-    let m1 = scrape(metrics);
+    let m1 = metrics::scrape(metrics_addr).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
 
-    let probes =
-        metric_sum(&m1, "egress_checker_probes_total") - metric_sum(&m0, "egress_checker_probes_total");
-    let ok = metric_sum(&m1, "egress_checker_probes_total{result=\"ok\"")
-        - metric_sum(&m0, "egress_checker_probes_total{result=\"ok\"");
+    let probes = metrics::sum(&m1, "egress_checker_probes_total", &[])
+        - metrics::sum(&m0, "egress_checker_probes_total", &[]);
+    let ok = metrics::sum(&m1, "egress_checker_probes_total", &[("result", "ok")])
+        - metrics::sum(&m0, "egress_checker_probes_total", &[("result", "ok")]);
     let quantile = |name: &str, q: f64| {
         let (b0, b1) = (buckets(&m0, name), buckets(&m1, name));
         let window: Vec<(f64, f64)> = b1

@@ -2,11 +2,11 @@
 //! webhook against a local HTTP server that records requests and answers 429, 500 and 200; the page
 //! in a real browser (headless Chromium).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::BufReader;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
@@ -17,13 +17,30 @@ use egress_report::{html, model};
 mod sample;
 use egress_harness::postgres::Postgres;
 use egress_harness::process::ChildSpec;
+use egress_harness::standin::{Answer, StandIn};
+use egress_harness::tinyproxy::Tinyproxy;
 use egress_ledger::{Actor, Event, EventKind, Store};
 use serde_json::Value;
 
 const SECRET_PATH: &str = "/services/T000/B000/s3cr3t-token";
 
+/// The proxy variables reqwest reads: cleared, so only a test's own `env` sets a proxy.
+const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 fn checker(db: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress-checker"));
+    for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
     cmd.arg("report")
         .args(args)
         .env("EGRESS_DATABASE_URL", db)
@@ -101,69 +118,26 @@ fn schema_check(doc: &Value) -> anyhow::Result<()> {
     anyhow::bail!("{}{stderr}", String::from_utf8_lossy(&out.stdout))
 }
 
-/// A recorded request: request line, header lines, body, arrival time.
-type Recorded = (String, Vec<String>, String, std::time::Instant);
-
-/// A scripted webhook: answers the statuses in order (the last one forever) and records requests.
+/// A scripted webhook on the harness's stand-in: answers the statuses in order (the last one
+/// forever, with `Retry-After` when given) and records every request.
 struct Webhook {
     url: String,
-    requests: Arc<Mutex<Vec<Recorded>>>,
+    standin: StandIn,
 }
 
 fn webhook(script: &'static [(u16, Option<u64>)]) -> Webhook {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}{SECRET_PATH}", listener.local_addr().unwrap());
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let rec = requests.clone();
-    std::thread::spawn(move || {
-        for (i, conn) in listener.incoming().enumerate().take(50) {
-            let Ok(mut conn) = conn else { continue };
-            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut headers = Vec::new();
-            let mut len = 0usize;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':')
-                    && k.eq_ignore_ascii_case("content-length")
-                {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                headers.push(h.trim_end().to_owned());
-            }
-            let mut body = vec![0u8; len.min(1 << 20)];
-            let _ = reader.read_exact(&mut body);
-            rec.lock().unwrap().push((
-                line.trim_end().to_owned(),
-                headers,
-                String::from_utf8_lossy(&body).into_owned(),
-                std::time::Instant::now(),
-            ));
-            let (status, retry_after) = script[i.min(script.len() - 1)];
-            let reason = match status {
-                200 => "OK",
-                429 => "Too Many Requests",
-                _ => "Internal Server Error",
-            };
-            let body = if status == 200 { "ok" } else { "oops" };
-            let extra = retry_after
-                .map(|s| format!("Retry-After: {s}\r\n"))
-                .unwrap_or_default();
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status} {reason}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    let next = AtomicUsize::new(0);
+    let standin = StandIn::start_with(move |_| {
+        let (status, retry_after) = script[next.fetch_add(1, Ordering::SeqCst).min(script.len() - 1)];
+        let answer = Answer::text(status, if status == 200 { "ok" } else { "oops" });
+        match retry_after {
+            Some(secs) => answer.header("Retry-After", &secs.to_string()),
+            None => answer,
         }
-    });
-    Webhook { url, requests }
+    })
+    .unwrap();
+    let url = format!("http://{}{SECRET_PATH}", standin.addr());
+    Webhook { url, standin }
 }
 
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -312,22 +286,27 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
         "the webhook URL leaked: {}",
         text(&o)
     );
-    let reqs = hook.requests.lock().unwrap().clone();
+    let reqs = hook.standin.requests();
     assert_eq!(reqs.len(), 3);
     // Retry-After: 2 s between the 429 and the next attempt (the rate limit alone would allow 1 s).
-    let gap = reqs[1].3 - reqs[0].3;
+    let gap = reqs[1].at - reqs[0].at;
     assert!(
         gap >= Duration::from_millis(1900),
         "Retry-After was not honoured: {gap:?}"
     );
-    for (line, headers, body, _) in &reqs {
-        assert_eq!(line, &format!("POST {SECRET_PATH} HTTP/1.1"));
-        assert!(
-            headers.iter().any(|h| h
-                .to_ascii_lowercase()
-                .starts_with("content-type: application/json")),
-            "{headers:?}"
+    for req in &reqs {
+        assert_eq!(
+            (req.method.as_str(), req.target.as_str(), req.version),
+            ("POST", SECRET_PATH, 1)
         );
+        assert!(
+            req.headers
+                .iter()
+                .any(|(n, v)| n == "content-type" && v.to_ascii_lowercase().starts_with("application/json")),
+            "{:?}",
+            req.headers
+        );
+        let body = &String::from_utf8_lossy(&req.body);
         let msg: Value = serde_json::from_str(body)?;
         let blocks = msg["blocks"].as_array().unwrap();
         assert!(!blocks.is_empty() && blocks.len() <= 50);
@@ -375,7 +354,7 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
         "the webhook URL leaked: {}",
         text(&o)
     );
-    assert_eq!(hook.requests.lock().unwrap().len(), 5);
+    assert_eq!(hook.standin.requests().len(), 5);
     assert_eq!(snapshot(out_dir.path()), before, "the previous report changed");
 
     // 4. The database is down: non-zero, a clear message, the last report stays.
@@ -413,6 +392,77 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_eq!(snapshot(out_dir.path()), before);
+    Ok(())
+}
+
+/// The Slack post honours the proxy of the environment, as curl does: `HTTP_PROXY` names a real
+/// proxy (tinyproxy, whose outgoing connections leave from 127.0.0.61), so the webhook sees the post
+/// arrive from that address; reqwest does not exempt loopback on its own, and `NO_PROXY=127.0.0.1`
+/// sends the next post direct. Logged at trace level, the run still never prints the webhook's path.
+#[test]
+fn slack_post_goes_through_the_proxy_the_environment_names() -> anyhow::Result<()> {
+    const EXIT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 61);
+    let pg = Postgres::start()?;
+    let db = pg.url().to_owned();
+    let proxy = Tinyproxy::start(EXIT)?;
+    let hook = webhook(&[(200, None)]);
+    let out_dir = tempfile::tempdir()?;
+    let out = out_dir.path().to_str().unwrap();
+    let proxy_url = format!("http://{}", proxy.addr());
+    let args = ["--out", out, "--slack-webhook-url-env", "TEST_HOOK"];
+
+    let o = checker(
+        &db,
+        &args,
+        &[
+            ("TEST_HOOK", &hook.url),
+            ("HTTP_PROXY", &proxy_url),
+            ("EGRESS_CHECKER_LOG", "trace"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(1 attempt)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !text(&o).contains("s3cr3t"),
+        "the webhook URL leaked: {}",
+        text(&o)
+    );
+    let reqs = hook.standin.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        (reqs[0].method.as_str(), reqs[0].target.as_str()),
+        ("POST", SECRET_PATH)
+    );
+    assert_eq!(reqs[0].peer.ip(), EXIT, "the post did not come through the proxy");
+    let relayed = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("POST http://{}{SECRET_PATH}", hook.standin.addr())))
+            .count()
+    };
+    assert_eq!(relayed(&proxy.logs()), 1, "{}", proxy.logs());
+
+    let o = checker(
+        &db,
+        &args,
+        &[
+            ("TEST_HOOK", &hook.url),
+            ("HTTP_PROXY", &proxy_url),
+            ("NO_PROXY", "127.0.0.1"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let reqs = hook.standin.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        reqs[1].peer.ip(),
+        Ipv4Addr::LOCALHOST,
+        "NO_PROXY was not honoured"
+    );
+    assert_eq!(relayed(&proxy.logs()), 1, "{}", proxy.logs());
     Ok(())
 }
 

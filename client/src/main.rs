@@ -13,7 +13,10 @@
 //! With `--get PATH` it then sends a plain `GET PATH` through the tunnel and prints the body (the
 //! IP-echo demo: the body is the exit IP).
 //!
-//! The standard library only, blocking I/O: the logic is short enough to port to any client.
+//! The standard library and httparse only (the answer head is parsed by it, not by hand), blocking
+//! I/O: the logic is short enough to port to any client. It depends on httparse directly, not on
+//! the workspace's egress-common (whose http1 module wraps the same parser): this is the code an
+//! application team copies, and egress-common would drag tokio, prometheus and clap along.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -205,12 +208,19 @@ fn resolve(hostport: &str) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
 
-/// Reads one HTTP answer head (up to the blank line) byte by byte, so no tunnel byte is consumed,
-/// before `deadline`.
-fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<String, String> {
+/// Reads one HTTP answer head byte by byte, so no tunnel byte is consumed, before `deadline`: its
+/// status code and status line. httparse parses it at each line end, so a peer that is not
+/// speaking HTTP is refused at its first line, not after MAX_HEAD bytes.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<(u16, String), String> {
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
+    loop {
+        if (head.len() <= 1 || head.ends_with(b"\n"))
+            && let Some(answer) = parse_answer(&head)
+                .map_err(|e| format!("not an HTTP answer ({e}): {:?}", String::from_utf8_lossy(&head)))?
+        {
+            return Ok(answer);
+        }
         if head.len() >= MAX_HEAD {
             return Err(format!("answer head larger than {MAX_HEAD} bytes"));
         }
@@ -233,23 +243,26 @@ fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<String, String
             Err(e) => return Err(e.to_string()),
         }
     }
-    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
-/// The status code of an answer head's first line.
-fn status_of(head: &str) -> Option<(u16, String)> {
-    let line = head.lines().next()?.to_owned();
-    let mut words = line.split(' ');
-    let version = words.next()?;
-    if !version.starts_with("HTTP/1.") {
-        return None;
+/// The status code and status line of a complete answer head; `Ok(None)` while incomplete. A code
+/// outside 100..=599 is a status error too.
+fn parse_answer(head: &[u8]) -> Result<Option<(u16, String)>, httparse::Error> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut answer = httparse::Response::new(&mut fields);
+    if answer.parse(head)?.is_partial() {
+        return Ok(None);
     }
-    let code = words
-        .next()?
-        .parse::<u16>()
-        .ok()
-        .filter(|c| (100..600).contains(c))?;
-    Some((code, line))
+    let code = answer.code.unwrap_or_default();
+    if !(100..=599).contains(&code) {
+        return Err(httparse::Error::Status);
+    }
+    let line = format!(
+        "HTTP/1.{} {code} {}",
+        answer.version.unwrap_or_default(),
+        answer.reason.unwrap_or_default()
+    );
+    Ok(Some((code, line.trim_end().to_owned())))
 }
 
 fn attempt(o: &Options, proxy: SocketAddr, number: u8) -> Result<TcpStream, Failure> {
@@ -277,9 +290,7 @@ fn attempt(o: &Options, proxy: SocketAddr, number: u8) -> Result<TcpStream, Fail
     stream
         .write_all(request.as_bytes())
         .map_err(|e| Failure::Network(format!("sending CONNECT: {e}")))?;
-    let head = read_head(&mut stream, Instant::now() + o.answer_timeout).map_err(Failure::Network)?;
-    let (code, line) =
-        status_of(&head).ok_or_else(|| Failure::Network(format!("not an HTTP answer: {head:?}")))?;
+    let (code, line) = read_head(&mut stream, Instant::now() + o.answer_timeout).map_err(Failure::Network)?;
     match code {
         200..=299 => Ok(stream),
         400..=499 => Err(Failure::Refused(code, line)),
@@ -297,8 +308,6 @@ enum GetError {
     Send(std::io::Error),
     /// No complete answer head.
     Head(String),
-    /// The answer is not HTTP/1.x.
-    NotHttp(String),
     /// An answer other than 200.
     Status {
         /// The requested path.
@@ -320,7 +329,6 @@ impl std::fmt::Display for GetError {
             GetError::Socket(e) => write!(f, "{e}"),
             GetError::Send(e) => write!(f, "sending GET: {e}"),
             GetError::Head(reason) => f.write_str(reason),
-            GetError::NotHttp(head) => write!(f, "not an HTTP answer: {head:?}"),
             GetError::Status { path, line } => write!(f, "GET {path} answered {line:?}"),
             GetError::Body(e) => write!(f, "reading the body: {e}"),
             GetError::BodyTimeout => f.write_str("the body did not end in time"),
@@ -344,10 +352,7 @@ fn get_through(
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
         .map_err(GetError::Send)?;
     let deadline = Instant::now() + timeout;
-    let head = read_head(stream, deadline).map_err(GetError::Head)?;
-    let Some((code, line)) = status_of(&head) else {
-        return Err(GetError::NotHttp(head));
-    };
+    let (code, line) = read_head(stream, deadline).map_err(GetError::Head)?;
     if code != 200 {
         return Err(GetError::Status {
             path: path.to_owned(),
@@ -476,11 +481,13 @@ mod tests {
     #[test]
     fn parses_answers_and_arguments() {
         assert_eq!(
-            status_of("HTTP/1.1 504 Gateway Time-out\r\n\r\n").map(|s| s.0),
-            Some(504)
+            parse_answer(b"HTTP/1.1 504 Gateway Time-out\r\n\r\n"),
+            Ok(Some((504, "HTTP/1.1 504 Gateway Time-out".to_owned())))
         );
-        assert_eq!(status_of("SSH-2.0-x\r\n\r\n"), None);
-        assert_eq!(status_of("HTTP/1.1 999 x\r\n\r\n"), None);
+        assert_eq!(parse_answer(b"HTTP/1.1 504 Gateway Time-out\r\n"), Ok(None));
+        assert!(parse_answer(b"SSH-2.0-x\r\n\r\n").is_err());
+        assert!(parse_answer(b"S").is_err(), "refused at the first byte");
+        assert!(parse_answer(b"HTTP/1.1 999 x\r\n\r\n").is_err());
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("6s"), Ok(Duration::from_secs(6)));
         assert!(parse_duration("6").is_err() && parse_duration("0s").is_err());

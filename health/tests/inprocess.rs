@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use egress_harness::http_util::read_head;
+use egress_harness::metrics;
 use egress_health::config::Config;
 use egress_health::probe::Prober;
 use egress_health::probe::class::FailureClass;
@@ -20,19 +22,6 @@ enum Mode {
     BlackHole,
     /// A working CONNECT proxy whose outgoing connections leave from this source address.
     Forward(IpAddr),
-}
-
-async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 512];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut b).await.ok()?;
-        if n == 0 || buf.len() > 8192 {
-            return None;
-        }
-        buf.extend_from_slice(&b[..n]);
-    }
-    Some(buf)
 }
 
 async fn fake_proxy(mode: Mode) -> SocketAddr {
@@ -55,16 +44,10 @@ async fn fake_proxy(mode: Mode) -> SocketAddr {
                             .await;
                     }
                     Mode::Forward(src) => {
-                        let Some(head) = read_head(&mut s).await else {
+                        let Some(request) = read_head(&mut s).await else {
                             return;
                         };
-                        let line = String::from_utf8_lossy(&head)
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                        let target = line.split(' ').nth(1).unwrap_or_default().to_owned();
-                        let Ok(target) = target.parse::<SocketAddr>() else {
+                        let Ok(target) = request.head.target.parse::<SocketAddr>() else {
                             return;
                         };
                         let sock = TcpSocket::new_v4().unwrap();
@@ -94,13 +77,8 @@ fn refused_addr() -> SocketAddr {
 }
 
 async fn answer_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, peer: IpAddr) {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 512];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut b).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&b[..n]),
-        }
+    if read_head(&mut s).await.is_none() {
+        return;
     }
     let body = format!("{peer}\n");
     let _ = s
@@ -276,22 +254,16 @@ impl Running {
         r.unwrap().unwrap();
     }
 
+    /// The sum of the `name` samples with `labels`, as a scrape of the registry would show them.
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut total = 0.0;
-        for mf in self.registry.gather() {
-            if mf.name() != name {
-                continue;
-            }
-            for m in mf.get_metric() {
-                let ok = labels
-                    .iter()
-                    .all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v));
-                if ok {
-                    total += m.get_counter().get_value() + m.get_gauge().get_value();
-                }
-            }
-        }
-        total
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &self.registry.gather(),
+            &mut text,
+        )
+        .unwrap();
+        metrics::sum(&String::from_utf8_lossy(&text), name, labels)
     }
 }
 

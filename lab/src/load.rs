@@ -15,9 +15,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use egress_harness::http_util::http1;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+/// Largest CONNECT answer head read.
+const MAX_ANSWER_HEAD: usize = 8192;
 
 /// How one request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,26 +121,15 @@ async fn session(load: &Load, due: Instant, sample: &mut Sample) -> Outcome {
     }
     // The CONNECT answer head; the first ping goes once the tunnel is up.
     let mut buf = Vec::with_capacity(256);
-    let status = loop {
-        match read_some(&mut stream, &mut buf).await {
-            Ok(0) => return Outcome::Reset,
-            Ok(_) => {}
-            Err(e) => return io_outcome(&e),
-        }
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(buf.get(..end).unwrap_or_default()).into_owned();
-            buf.drain(..end + 4);
-            match head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) {
-                Some(s) => break s,
-                None => return Outcome::Other,
-            }
-        }
-        if buf.len() > 8192 {
-            return Outcome::Other;
-        }
+    let head = match http1::read_response_head(&mut stream, &mut buf, MAX_ANSWER_HEAD).await {
+        Ok(head) => head,
+        Err(http1::ReadError::Closed) => return Outcome::Reset,
+        Err(http1::ReadError::Io(e)) => return io_outcome(&e),
+        Err(http1::ReadError::Head(_)) => return Outcome::Other,
     };
-    if !(200..300).contains(&status) {
-        return Outcome::Status(status);
+    buf.drain(..head.len);
+    if !(200..300).contains(&head.status) {
+        return Outcome::Status(head.status);
     }
     if let Err(e) = stream.write_all(b"ping\n").await {
         return io_outcome(&e);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use egress_harness::http_util::{read_head, request_line};
+use egress_harness::http_util::read_head;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -138,7 +138,7 @@ async fn accept_loop(
 
 async fn handle(mut client: TcpStream, upstream: SocketAddr, mode: Mode, slot: Option<Instant>) {
     let _ = client.set_nodelay(true);
-    let Some((head, early)) = read_head(&mut client).await else {
+    let Some(request) = read_head(&mut client).await else {
         return;
     };
     match mode {
@@ -148,7 +148,7 @@ async fn handle(mut client: TcpStream, upstream: SocketAddr, mode: Mode, slot: O
                 tokio::time::timeout(TUNNEL_MAX, tokio::io::copy(&mut client, &mut tokio::io::sink())).await;
             return;
         }
-        Mode::FailTarget(target) if connect_target(&head).as_deref() == Some(target.as_str()) => {
+        Mode::FailTarget(target) if request.connect_target() == Some(target.as_str()) => {
             return answer(&mut client, 503).await;
         }
         Mode::Delay(d) => tokio::time::sleep(d).await,
@@ -161,7 +161,8 @@ async fn handle(mut client: TcpStream, upstream: SocketAddr, mode: Mode, slot: O
         return answer(&mut client, 502).await;
     };
     let _ = up.set_nodelay(true);
-    if up.write_all(&head).await.is_err() || up.write_all(&early).await.is_err() {
+    // The head exactly as the client sent it, then whatever followed it.
+    if up.write_all(&request.bytes).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(TUNNEL_MAX, tokio::io::copy_bidirectional(&mut client, &mut up)).await;
@@ -173,22 +174,17 @@ async fn answer(client: &mut TcpStream, status: u16) {
     let _ = client.shutdown().await;
 }
 
-/// The CONNECT target of a request head, if it is a CONNECT.
-fn connect_target(head: &[u8]) -> Option<String> {
-    let (method, target) = request_line(head)?;
-    (method == "CONNECT").then(|| target.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn connect_target_is_parsed() {
-        assert_eq!(
-            connect_target(b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: x\r\n\r\n").as_deref(),
-            Some("127.0.0.1:80")
-        );
-        assert_eq!(connect_target(b"GET / HTTP/1.1\r\n\r\n"), None);
+    #[tokio::test]
+    async fn connect_target_is_parsed() {
+        let connect = read_head(&mut &b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: x\r\n\r\n"[..])
+            .await
+            .unwrap();
+        assert_eq!(connect.connect_target(), Some("127.0.0.1:80"));
+        let get = read_head(&mut &b"GET / HTTP/1.1\r\n\r\n"[..]).await.unwrap();
+        assert_eq!(get.connect_target(), None);
     }
 }

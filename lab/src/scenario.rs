@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use egress_haproxy_api::{AdminState, Fleet, RuntimeApi, RuntimeApiAddr};
 use egress_harness::echo::EchoServer;
 use egress_harness::haproxy::Haproxy;
+use egress_harness::metrics;
 use egress_harness::process::{ChildSpec, ManagedChild};
 use egress_harness::tinyproxy::Tinyproxy;
 use egress_harness::{bins::bin_path, ports::free_port, wait_until};
@@ -625,30 +626,26 @@ struct Checker {
 /// The checker's probe counters so far, from its /metrics (None if it cannot be read: the report
 /// then shows no probe figures for the run, nothing else changes).
 fn scrape_probes(port: u16) -> Option<ProbeWarm> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.take(4 << 20).read_to_string(&mut text).ok()?;
+    let text = metrics::scrape(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).ok()?;
     parse_probes(&text)
 }
 
 fn parse_probes(text: &str) -> Option<ProbeWarm> {
-    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
     let mut buckets_ms = Vec::new();
     let (mut probes, mut failed) = (None, 0u64);
-    for l in text.lines() {
-        if let Some(rest) = l.strip_prefix("egress_checker_probe_duration_seconds_bucket{le=\"") {
-            let le = rest.split('"').next()?;
-            if le != "+Inf" {
-                buckets_ms.push((le.parse::<f64>().ok()? * 1e3, value(l)? as u64));
+    for sample in metrics::samples(text) {
+        match sample.name.as_str() {
+            "egress_checker_probe_duration_seconds_bucket" => {
+                let le = sample.label("le")?;
+                if le != "+Inf" {
+                    buckets_ms.push((le.parse::<f64>().ok()? * 1e3, sample.value as u64));
+                }
             }
-        } else if l.starts_with("egress_checker_probe_duration_seconds_count") {
-            probes = Some(value(l)? as u64);
-        } else if l.starts_with("egress_checker_probes_total{") && !l.contains("result=\"ok\"") {
-            failed += value(l)? as u64;
+            "egress_checker_probe_duration_seconds_count" => probes = Some(sample.value as u64),
+            "egress_checker_probes_total" if sample.label("result") != Some("ok") => {
+                failed += sample.value as u64;
+            }
+            _ => {}
         }
     }
     Some(ProbeWarm {
@@ -692,8 +689,7 @@ mod tests {
 
     #[test]
     fn probe_counters_are_read_from_the_checker_metrics() {
-        let text = "HTTP/1.0 200 OK\r\n\r\n\
-# TYPE egress_checker_probe_duration_seconds histogram
+        let text = "# TYPE egress_checker_probe_duration_seconds histogram
 egress_checker_probe_duration_seconds_bucket{le=\"0.05\"} 70
 egress_checker_probe_duration_seconds_bucket{le=\"0.1\"} 78
 egress_checker_probe_duration_seconds_bucket{le=\"+Inf\"} 80
@@ -708,6 +704,6 @@ egress_checker_probes_total{result=\"status\",verdict=\"excused\"} 1
         assert_eq!(p.buckets_ms, vec![(50.0, 70), (100.0, 78)]);
         assert_eq!(p.slower_than(50.0), Some(10));
         assert_eq!(p.slower_than(250.0), None);
-        assert!(parse_probes("HTTP/1.0 200 OK\r\n\r\n").is_none());
+        assert!(parse_probes("").is_none());
     }
 }

@@ -3,7 +3,6 @@
 //! rate-limited to one attempt per second (Slack's documented webhook rate).
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
@@ -12,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::html::{human_duration, percent};
 use crate::model::{Report, State};
-use egress_http::{WebhookUrl, post_json, tls_config};
+use egress_http::{Client, Proxy, WebhookUrl};
 
 /// Block Kit limits (api.slack.com/reference/block-kit): 50 blocks per message, 3000 characters per
 /// section text, 150 per header text, 10 fields per section and 2000 characters per field.
@@ -202,7 +201,7 @@ pub struct Delivery {
     pub max_attempts: u32,
     /// Total time budget for all attempts and waits.
     pub total_timeout: Duration,
-    /// Deadline of each network step of one attempt.
+    /// Deadline of one attempt: connect (through the proxy, if any), TLS, request and answer.
     pub step_timeout: Duration,
     /// First backoff after a 5xx or a network error; doubles each time, with ±50 % jitter.
     pub backoff: Duration,
@@ -230,17 +229,22 @@ pub struct SlackError {
     why: String,
 }
 
-/// Post `message`, retrying per `policy`, trusting the webpki roots. Returns the attempts made.
+/// Post `message`, retrying per `policy`, trusting the webpki roots, through the proxy the
+/// environment names (`HTTPS_PROXY`, `NO_PROXY`: see egress-http). Returns the attempts made.
 pub async fn post(url: &WebhookUrl, message: &Value, policy: &Delivery) -> Result<u32, SlackError> {
-    post_with_tls(url, message, policy, tls_config()).await
+    let client = Client::new(Proxy::FromEnv).map_err(|e| SlackError {
+        target: url.redacted(),
+        why: e.to_string(),
+    })?;
+    post_with(&client, url, message, policy).await
 }
 
-/// [`post`] with a given TLS configuration (tests trust their own CA).
-pub async fn post_with_tls(
+/// [`post`] with a given client (tests trust their own CA).
+pub async fn post_with(
+    client: &Client,
     url: &WebhookUrl,
     message: &Value,
     policy: &Delivery,
-    tls: Arc<rustls::ClientConfig>,
 ) -> Result<u32, SlackError> {
     let fail = |why: String| SlackError {
         target: url.redacted(),
@@ -259,7 +263,7 @@ pub async fn post_with_tls(
             break;
         }
         let step = policy.step_timeout.min(remaining);
-        let wait = match post_json(url, &body, step, &tls).await {
+        let wait = match client.post_json(url, &body, step).await {
             Ok(r) if (200..300).contains(&r.status) => {
                 tracing::info!(attempt, status = r.status, "Slack message posted");
                 return Ok(attempt);
@@ -288,7 +292,7 @@ pub async fn post_with_tls(
                 )));
             }
             Err(e) => {
-                last = e;
+                last = e.to_string();
                 jittered(&mut backoff)
             }
         };
@@ -322,6 +326,8 @@ fn jittered(base: &mut Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use chrono::{TimeDelta, Utc};
     use egress_ledger::{Actor, Event, EventKind};
 
@@ -425,14 +431,10 @@ mod tests {
         let end = chrono::Utc::now();
         let report = model::build("tls", end - TimeDelta::hours(1), end, &[], &[], false);
         let started = Instant::now();
-        let attempts = post_with_tls(
-            &url,
-            &message(&report, None),
-            &Delivery::default(),
-            egress_http::tls_config_with(roots),
-        )
-        .await
-        .unwrap();
+        let client = Client::with_tls(Proxy::Direct, &egress_http::tls_config_with(roots)).unwrap();
+        let attempts = post_with(&client, &url, &message(&report, None), &Delivery::default())
+            .await
+            .unwrap();
         assert_eq!(attempts, 1);
         assert!(
             started.elapsed() < Duration::from_secs(5),

@@ -3,6 +3,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use egress_http::{Client, Proxy, WebhookUrl};
+
 use tokio::io::AsyncReadExt;
 
 use crate::config::ExecutorConfig;
@@ -160,6 +162,9 @@ fn gluetun_url(g: &crate::config::GluetunExecutorConfig, backend: &str, server: 
 /// `PUT /v1/vpn/settings` with `{"provider":{"server_selection":{<field>:[location]}}}`: gluetun
 /// merges it into its settings, validates them against its server list and reconnects the tunnel.
 /// Its answer is the outcome in words; anything but 2xx is the error, with that text.
+///
+/// Always direct: the control server is on the backend's own network (the pod, the compose
+/// project), and an `HTTPS_PROXY`/`HTTP_PROXY` meant for the Slack webhook must not carry it.
 async fn gluetun_restart(
     g: &crate::config::GluetunExecutorConfig,
     backend: &str,
@@ -167,14 +172,14 @@ async fn gluetun_restart(
     location: &str,
     timeout: Duration,
 ) -> Result<(), ExecutorError> {
+    let key = format!("{backend}/{server}");
     let base = gluetun_url(g, backend, server);
-    let url = egress_http::WebhookUrl::parse(&format!("{base}/v1/vpn/settings")).map_err(|e| {
-        ExecutorError::ControlUrl {
-            server: format!("{backend}/{server}"),
+    let url =
+        WebhookUrl::parse(&format!("{base}/v1/vpn/settings")).map_err(|e| ExecutorError::ControlUrl {
+            server: key.clone(),
             reason: e.to_string(),
-        }
-    })?;
-    let key = match &g.api_key_file {
+        })?;
+    let api_key = match &g.api_key_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
                 .map_err(|source| ExecutorError::ApiKeyFile {
@@ -187,28 +192,29 @@ async fn gluetun_restart(
         None => None,
     };
     let body = serde_json::json!({"provider": {"server_selection": {g.field.as_str(): [location]}}});
-    let headers: Vec<(&str, &str)> = key.as_deref().map(|k| ("X-API-Key", k)).into_iter().collect();
-    let tls = egress_http::tls_config();
-    let answer = egress_http::send_json(
-        "PUT",
-        &url,
-        &headers,
-        body.to_string().as_bytes(),
-        timeout.min(Duration::from_secs(30)),
-        &tls,
-    )
-    .await
-    .map_err(|e| ExecutorError::Http {
-        server: format!("{backend}/{server}"),
+    let headers: Vec<(&str, &str)> = api_key.as_deref().map(|k| ("X-API-Key", k)).into_iter().collect();
+    let unreachable = |e: egress_http::Error| ExecutorError::Http {
+        server: key.clone(),
         url: url.redacted(),
         reason: e.to_string(),
-    })?;
+    };
+    let answer = Client::new(Proxy::Direct)
+        .map_err(unreachable)?
+        .send_json(
+            egress_http::Method::PUT,
+            &url,
+            &headers,
+            body.to_string().as_bytes(),
+            timeout.min(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(unreachable)?;
     if (200..300).contains(&answer.status) {
         tracing::info!(%backend, %server, %location, outcome = %answer.body_start.trim(), "gluetun applied the new server selection");
         Ok(())
     } else {
         Err(ExecutorError::Rejected {
-            server: format!("{backend}/{server}"),
+            server: key,
             status: answer.status,
             body: answer.body_start.trim().to_owned(),
         })

@@ -7,12 +7,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use egress_harness::http_util::read_request;
 use egress_rotate::config::KubernetesExecutorConfig;
 use egress_rotate::kubernetes::KubernetesExecutor;
 use egress_rotate::{ExecutorError, ExecutorErrorKind, KubernetesError};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+
+/// Largest request head the stand-in reads (the client's heads are a few hundred bytes).
+const MAX_HEAD: usize = 64 * 1024;
 
 const NS: &str = "egress";
 const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/egress/deployments/egress-g01";
@@ -271,39 +275,11 @@ async fn stand_in(scenario: Scenario) -> (String, Arc<Mutex<Cluster>>) {
         while let Ok((stream, _)) = listener.accept().await {
             let cluster = shared.clone();
             tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut read = BufReader::new(read);
-                loop {
-                    let mut line = String::new();
-                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut words = line.split_whitespace();
-                    let method = words.next().unwrap_or_default().to_owned();
-                    let target = words.next().unwrap_or_default().to_owned();
-                    let mut length = 0usize;
-                    let mut content_type = None;
-                    loop {
-                        let mut h = String::new();
-                        if read.read_line(&mut h).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            match k.to_ascii_lowercase().as_str() {
-                                "content-length" => length = v.trim().parse().unwrap_or(0),
-                                "content-type" => content_type = Some(v.trim().to_owned()),
-                                _ => {}
-                            }
-                        }
-                    }
-                    let mut body = vec![0; length.min(1 << 20)];
-                    if read.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
+                let mut stream = stream;
+                let mut buf = Vec::new();
+                while let Some(full) = read_request(&mut stream, &mut buf, MAX_HEAD).await {
+                    let (method, target, body) = (full.head.method, full.head.target, full.body);
+                    let content_type = full.head.headers.get("content-type").map(str::to_owned);
                     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
                     let query = query
                         .split('&')
@@ -323,8 +299,8 @@ async fn stand_in(scenario: Scenario) -> (String, Arc<Mutex<Cluster>>) {
                         "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                         body.len()
                     );
-                    if write.write_all(head.as_bytes()).await.is_err()
-                        || write.write_all(body.as_bytes()).await.is_err()
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(body.as_bytes()).await.is_err()
                     {
                         return;
                     }

@@ -1,11 +1,12 @@
 //! Blocking client helpers for tests: open a CONNECT tunnel (optionally from a chosen loopback source
 //! address) and ask the echo server which address it sees, over HTTP or HTTPS.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use egress_common::http1;
 use socket2::{Domain, Socket, Type};
 
 use crate::echo::EchoServer;
@@ -13,6 +14,8 @@ use crate::echo::EchoServer;
 /// The deadline used for each step (connect, CONNECT answer, request, response) by the helpers below.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE: usize = 64 * 1024;
+/// Largest CONNECT answer head read.
+const MAX_ANSWER_HEAD: usize = 8192;
 
 /// A TCP connection to `to`, from `source` (port chosen by the kernel) when given.
 pub fn connect_from(source: Option<Ipv4Addr>, to: SocketAddr) -> anyhow::Result<TcpStream> {
@@ -55,21 +58,11 @@ pub fn connect_request_with(
 
 /// Reads an answer head byte by byte (so no tunnel byte is consumed): the status code and the head.
 pub fn read_answer_head(stream: &mut TcpStream) -> anyhow::Result<(u16, String)> {
-    let mut head = Vec::with_capacity(256);
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        anyhow::ensure!(head.len() < 8192, "answer head larger than 8 KiB");
-        let n = stream.read(&mut byte).context("reading the answer")?;
-        anyhow::ensure!(n == 1, "the proxy closed the connection before answering");
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| anyhow::anyhow!("malformed answer: {text:?}"))?;
-    Ok((status, text))
+    let (head, bytes) = http1::read_response_head_exact(stream, MAX_ANSWER_HEAD).map_err(|e| match e {
+        http1::ReadError::Closed => anyhow::anyhow!("the proxy closed the connection before answering"),
+        e => anyhow::Error::new(e).context("reading the answer"),
+    })?;
+    Ok((head.status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Sends `request` (a whole request head, ending in an empty line) to `proxy` from `source` and
@@ -121,12 +114,15 @@ pub fn http_get<S: std::io::Read + std::io::Write>(
             "response larger than {MAX_RESPONSE} bytes"
         );
     }
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path} answered {head:?}");
-    Ok(body.to_owned())
+    let head = http1::parse_response(&response, MAX_RESPONSE)
+        .with_context(|| format!("GET {path}: {:?}", String::from_utf8_lossy(&response)))?
+        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {:?}", String::from_utf8_lossy(&response)))?;
+    anyhow::ensure!(
+        (head.version, head.status) == (1, 200),
+        "GET {path} answered {:?}",
+        head.status_line()
+    );
+    Ok(String::from_utf8_lossy(response.get(head.len..).unwrap_or_default()).into_owned())
 }
 
 /// Through `proxy` (from `source` when given), asks the echo's plain HTTP listener which address it

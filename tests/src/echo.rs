@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::http_util::{read_head, request_line};
+use crate::http_util::read_head;
 
 /// The TLS server name of the HTTPS listener.
 pub const SERVER_NAME: &str = "echo.test";
@@ -189,12 +189,12 @@ async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, sh
 }
 
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, peer: SocketAddr) {
-    let Some((head, _)) = read_head(&mut stream).await else {
+    let Some(request) = read_head(&mut stream).await else {
         return;
     };
     let ip = peer.ip().to_string();
-    let (content_type, body) = match request_line(&head) {
-        Some((_, "/json")) => ("application/json", format!("{{\"ip\":\"{ip}\"}}")),
+    let (content_type, body) = match request.head.target.as_str() {
+        "/json" => ("application/json", format!("{{\"ip\":\"{ip}\"}}")),
         _ => ("text/plain", ip),
     };
     let response = format!(

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::http_util::{read_head, reason, request_line};
+use crate::http_util::{read_head, reason};
 
 /// Connections handled at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 512;
@@ -271,12 +271,12 @@ async fn relay(mut stream: TcpStream, to: SocketAddr) {
 }
 
 async fn forward(mut stream: TcpStream) {
-    let Some((head, early)) = read_head(&mut stream).await else {
+    let Some(request) = read_head(&mut stream).await else {
         return;
     };
-    let target = match request_line(&head) {
-        Some(("CONNECT", target)) => target.to_owned(),
-        _ => {
+    let target = match request.connect_target() {
+        Some(target) => target.to_owned(),
+        None => {
             let _ = stream
                 .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
                 .await;
@@ -297,7 +297,8 @@ async fn forward(mut stream: TcpStream) {
     {
         return;
     }
-    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+    let early = request.rest();
+    if !early.is_empty() && upstream.write_all(early).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(

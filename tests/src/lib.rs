@@ -10,7 +10,10 @@
 //! - [`echo::EchoServer`]: an HTTP and HTTPS "IP echo" target answering with the peer address it sees;
 //! - [`fault::FaultBackend`]: a backend whose failure mode can be switched while it runs;
 //! - [`client`]: blocking helpers to open CONNECT tunnels (from a chosen 127.0.0.x source) and ask
-//!   the echo server which address it sees.
+//!   the echo server which address it sees;
+//! - [`standin`]: a recording stand-in for the HTTP APIs the project calls (Kubernetes, gluetun,
+//!   the Slack webhook);
+//! - [`metrics`]: the one Prometheus scraper (`GET /metrics`, samples by name and labels).
 //!
 //! Orphans: every child process is spawned through `setpriv --pdeathsig=KILL` from one long-lived
 //! spawner thread ([`process`]), and all temp dirs live under one root named with the owning test
@@ -28,6 +31,7 @@ pub mod executor;
 pub mod fault;
 pub mod haproxy;
 pub mod http_util;
+pub mod metrics;
 pub mod netns;
 pub mod ports;
 pub mod postgres;

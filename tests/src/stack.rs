@@ -6,8 +6,7 @@
 //! Everything stops when the [`LocalStack`] drops (fields drop in declaration order: the agents first,
 //! so they flush the ledger while Postgres still runs).
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
@@ -414,38 +413,6 @@ impl LocalStack {
             crate::process::tail(&self.spoa.logs())
         )
     }
-}
-
-/// `GET /metrics` from `addr`: the Prometheus text.
-pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = Vec::new();
-    stream.take(16 * 1024 * 1024).read_to_end(&mut body)?;
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("{addr}: no HTTP head"))?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{addr}: {head}");
-    Ok(body.to_owned())
-}
-
-/// The value of the first sample of `name` whose labels contain every `key="value"` in `labels`.
-pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            let metric = l.split(' ').next().unwrap_or("");
-            let base = metric.split('{').next().unwrap_or("");
-            base == name && labels.iter().all(|kv| metric.contains(kv))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 fn haproxy_version_text() -> String {

@@ -1,12 +1,20 @@
 //! A stand-in HTTP/1.1 server for the APIs the project calls (the Kubernetes API, gluetun's
-//! control server): on 127.0.0.1:<ephemeral>, keep-alive, each request handed to the test's
-//! handler, which answers a status and a JSON body. Records every request. Stops on drop.
+//! control server, the Slack webhook): on 127.0.0.1:<ephemeral>, keep-alive, each request handed to
+//! the test's handler, which answers a status, extra headers and a body. Records every request, with
+//! the peer it came from (a request through a proxy comes from the proxy). Stops on drop.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::http_util::read_request_blocking;
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Deadline of each read (the next request on a kept-alive connection included).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One request as received.
 #[derive(Clone, Debug)]
@@ -15,10 +23,16 @@ pub struct Request {
     pub method: String,
     /// The request target (path and query).
     pub target: String,
+    /// The minor HTTP version (1 for HTTP/1.1).
+    pub version: u8,
     /// Header (lowercase name, value) pairs.
     pub headers: Vec<(String, String)>,
     /// The body (by Content-Length).
     pub body: Vec<u8>,
+    /// The connection's peer.
+    pub peer: SocketAddr,
+    /// When the request was complete.
+    pub at: Instant,
 }
 
 impl Request {
@@ -32,7 +46,46 @@ impl Request {
     }
 }
 
-type Handler = dyn Fn(&Request) -> (u16, String) + Send + Sync;
+/// What the handler answers.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// Extra header lines (name, value), e.g. `Retry-After`.
+    pub headers: Vec<(String, String)>,
+    /// `Content-Type` of the body.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
+
+impl Answer {
+    /// `status` with a JSON body.
+    pub fn json(status: u16, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            content_type: "application/json",
+            body: body.into(),
+        }
+    }
+
+    /// `status` with a plain-text body.
+    pub fn text(status: u16, body: impl Into<String>) -> Answer {
+        Answer {
+            content_type: "text/plain",
+            ..Answer::json(status, body)
+        }
+    }
+
+    /// With one more header line.
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+type Handler = dyn Fn(&Request) -> Answer + Send + Sync;
 
 /// The running stand-in.
 #[derive(Debug)]
@@ -43,9 +96,19 @@ pub struct StandIn {
 }
 
 impl StandIn {
-    /// Serves `handler` until dropped.
+    /// Serves `handler`, answering its status and JSON body, until dropped.
     pub fn start(
         handler: impl Fn(&Request) -> (u16, String) + Send + Sync + 'static,
+    ) -> anyhow::Result<StandIn> {
+        Self::start_with(move |req| {
+            let (status, body) = handler(req);
+            Answer::json(status, body)
+        })
+    }
+
+    /// Serves `handler` until dropped.
+    pub fn start_with(
+        handler: impl Fn(&Request) -> Answer + Send + Sync + 'static,
     ) -> anyhow::Result<StandIn> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
@@ -57,9 +120,9 @@ impl StandIn {
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
-                    Ok((conn, _)) => {
+                    Ok((conn, peer)) => {
                         let (h, r) = (handler.clone(), r.clone());
-                        std::thread::spawn(move || serve(conn, &*h, &r));
+                        std::thread::spawn(move || serve(conn, peer, &*h, &r));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -85,68 +148,48 @@ impl Drop for StandIn {
     }
 }
 
-fn serve(mut conn: TcpStream, handler: &Handler, requests: &Mutex<Vec<Request>>) {
+fn serve(mut conn: TcpStream, peer: SocketAddr, handler: &Handler, requests: &Mutex<Vec<Request>>) {
     let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = conn.set_read_timeout(Some(READ_TIMEOUT));
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > 64 * 1024 {
-                return;
-            }
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        let mut lines = head.split("\r\n");
-        let mut first = lines.next().unwrap_or_default().split(' ');
-        let (method, target) = (
-            first.next().unwrap_or_default().to_owned(),
-            first.next().unwrap_or_default().to_owned(),
-        );
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let len = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-            .unwrap_or(0)
-            .min(1 << 20);
-        while buf.len() < len {
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body: Vec<u8> = buf.drain(..len).collect();
+    while let Some(full) = read_request_blocking(&mut conn, &mut buf, MAX_HEAD) {
         let req = Request {
-            method,
-            target,
-            headers,
-            body,
+            method: full.head.method,
+            target: full.head.target,
+            version: full.head.version,
+            headers: full
+                .head
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
+                .collect(),
+            body: full.body,
+            peer,
+            at: Instant::now(),
         };
-        let (status, answer) = handler(&req);
+        let answer = handler(&req);
         let close = req
             .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+            || req.version == 0;
         requests.lock().unwrap_or_else(|e| e.into_inner()).push(req);
+        let extra: String = answer
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
         let text = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
-            if (200..300).contains(&status) {
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n{extra}Content-Length: {}\r\n{}\r\n{}",
+            answer.status,
+            if (200..300).contains(&answer.status) {
                 "OK"
             } else {
                 "Error"
             },
-            answer.len()
+            answer.content_type,
+            answer.body.len(),
+            if close { "Connection: close\r\n" } else { "" },
+            answer.body
         );
         if conn.write_all(text.as_bytes()).is_err() || close {
             return;

@@ -26,9 +26,10 @@ use egress_harness::echo::EchoServer;
 use egress_harness::entry::{ClientNet, EntryPolicy, User};
 use egress_harness::fault::{FaultBackend, FaultMode};
 use egress_harness::haproxy::{Haproxy, shipped_spoe_conf};
+use egress_harness::metrics::{scrape, value};
 use egress_harness::ports::free_port;
 use egress_harness::shipped::{AGENT_PORT, FRONT_PORT, STATS_PORT, haproxy_for_test};
-use egress_harness::stack::{LocalStack, sample, scrape};
+use egress_harness::stack::LocalStack;
 use egress_harness::tinyproxy::Tinyproxy;
 use egress_harness::wait_until;
 
@@ -210,10 +211,10 @@ fn refusals_are_403_with_a_logged_reason_and_reach_no_backend() -> anyhow::Resul
     }
     // Counted where an operator can alert: HAProxy's exporter.
     let metrics = scrape(SocketAddr::from((Ipv4Addr::LOCALHOST, stats_port)))?;
-    let denied = sample(
+    let denied = value(
         &metrics,
         "haproxy_frontend_requests_denied_total",
-        &["proxy=\"entry\""],
+        &[("proxy", "entry")],
     );
     assert_eq!(
         denied,
@@ -298,10 +299,10 @@ fn credentials_are_required_and_the_user_is_the_identity_hashed() -> anyhow::Res
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .parse()?;
-    let responses = sample(
+    let responses = value(
         &scrape(stats)?,
         "haproxy_frontend_http_responses_total",
-        &["proxy=\"entry\"", "code=\"4xx\""],
+        &[("proxy", "entry"), ("code", "4xx")],
     );
     assert_eq!(responses, Some(2.0), "haproxy_frontend_http_responses_total 4xx");
     // Authenticated: the client identity is the user, whatever the source address; bob is in

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use egress_harness::bins::bin_path;
 use egress_harness::client::{connect_from, connect_request_with, http_get};
-use egress_harness::stack::{KEY_HEX, LocalStack, sample, scrape};
+use egress_harness::metrics::{scrape, value};
+use egress_harness::stack::{KEY_HEX, LocalStack};
 use egress_harness::wait_until;
 
 /// (client address, client port) -> the exit IP the echo target saw.
@@ -103,10 +104,10 @@ fn rotate(stack: &mut LocalStack, config: &Path, dir: &Path, server: &str) -> an
     Ok(text)
 }
 
-fn metric(stack: &LocalStack, name: &str, labels: &[&str]) -> f64 {
+fn metric(stack: &LocalStack, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape(stack.spoa_metrics())
         .ok()
-        .and_then(|t| sample(&t, name, labels))
+        .and_then(|t| value(&t, name, labels))
         .unwrap_or(0.0)
 }
 
@@ -231,17 +232,17 @@ fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<
     println!("  per server (exact, unknown): {by_server:?}");
     println!(
         "  agent reloads: push {}, reconnect {}, poll {}, unknown-server {}",
-        metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"push\""]),
+        metric(&stack, "egress_spoa_exit_ip_reloads_total", &[("cause", "push")]),
         metric(
             &stack,
             "egress_spoa_exit_ip_reloads_total",
-            &["cause=\"reconnect\""]
+            &[("cause", "reconnect")]
         ),
-        metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"poll\""]),
+        metric(&stack, "egress_spoa_exit_ip_reloads_total", &[("cause", "poll")]),
         metric(
             &stack,
             "egress_spoa_exit_ip_reloads_total",
-            &["cause=\"unknown-server\""]
+            &[("cause", "unknown-server")]
         ),
     );
     assert!(logged, "{missing} requests have no log line");
@@ -261,7 +262,7 @@ fn every_log_line_carries_the_exit_ip_its_request_left_from() -> anyhow::Result<
             "no request through {ip} was tagged with it"
         );
     }
-    assert!(metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"push\""]) > 0.0);
+    assert!(metric(&stack, "egress_spoa_exit_ip_reloads_total", &[("cause", "push")]) > 0.0);
 
     // The ledger tells g02's story: its failed probes made the IP unknown, the next check after
     // its return recorded the change against the IP known before.
@@ -367,27 +368,27 @@ fn the_poll_brings_changes_no_notification_announced_and_the_listener_reconnects
     let reconnects = metric(
         &stack,
         "egress_spoa_exit_ip_reloads_total",
-        &["cause=\"reconnect\""],
+        &[("cause", "reconnect")],
     );
     sql(&["SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"])?;
     assert!(
         wait_until(Duration::from_secs(20), || metric(
             &stack,
             "egress_spoa_exit_ip_reloads_total",
-            &["cause=\"reconnect\""]
+            &[("cause", "reconnect")]
         ) > reconnects
             && metric(&stack, "egress_spoa_exit_ip_listener_up", &[]) == 1.0),
         "the listener did not reconnect:\n{}",
         stack.agent_logs()
     );
-    let pushes = metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"push\""]);
+    let pushes = metric(&stack, "egress_spoa_exit_ip_reloads_total", &[("cause", "push")]);
     let t = Instant::now();
     sql(&[&event("192.0.2.45")])?;
     let committed = t.elapsed();
     let mut reloaded = Duration::ZERO;
     let reload_seen = wait_until(Duration::from_secs(5), || {
         reloaded = t.elapsed();
-        metric(&stack, "egress_spoa_exit_ip_reloads_total", &["cause=\"push\""]) > pushes
+        metric(&stack, "egress_spoa_exit_ip_reloads_total", &[("cause", "push")]) > pushes
     });
     println!(
         "PUSH latency: event committed after {committed:.1?}, the agent had reloaded (by its metrics, polled) after {reloaded:.1?}"

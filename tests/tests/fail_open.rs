@@ -13,7 +13,8 @@
 use std::time::Duration;
 
 use egress_harness::haproxy::SHIPPED_PROCESSING_MS;
-use egress_harness::stack::{Latencies, LocalStack, sample, scrape};
+use egress_harness::metrics::{scrape, value};
+use egress_harness::stack::{Latencies, LocalStack};
 use egress_harness::wait_until;
 
 /// Tunnels per step.
@@ -50,10 +51,10 @@ fn answered(stack: &LocalStack) -> f64 {
     scrape(stack.spoa_metrics())
         .ok()
         .and_then(|m| {
-            sample(
+            value(
                 &m,
                 "egress_spoa_messages_total",
-                &["message=\"egress-attribution\"", "outcome=\"ok\""],
+                &[("message", "egress-attribution"), ("outcome", "ok")],
             )
         })
         .unwrap_or(0.0)

@@ -11,8 +11,9 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
+use egress_harness::metrics::{samples, scrape, value};
 use egress_harness::shipped::repo_root;
-use egress_harness::stack::{FAULT_SERVER, LocalStack, sample, scrape};
+use egress_harness::stack::{FAULT_SERVER, LocalStack};
 use egress_harness::wait_until;
 
 /// Every `egress_<...>` identifier in `text` (a prefix in prose, such as `egress_ledger_*`, ends in
@@ -41,10 +42,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 /// Sample names in a Prometheus text exposition (histograms show as `_bucket`, `_sum`, `_count`).
 fn served_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned))
-        .collect()
+    samples(text).map(|s| s.name).collect()
 }
 
 #[test]
@@ -106,10 +104,10 @@ fn rules_and_dashboard_use_only_served_metrics() -> anyhow::Result<()> {
     // The quarantine is visible in the metrics the rules read.
     let checker = scrape(stack.checker_metrics())?;
     assert!(
-        sample(
+        value(
             &checker,
             "egress_checker_transitions_total",
-            &["to=\"quarantined\""]
+            &[("to", "quarantined")]
         )
         .is_some_and(|v| v >= 1.0),
         "{checker}"

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use egress_harness::client::{connect_tunnel, http_get};
 use egress_harness::echo::EchoServer;
 use egress_harness::haproxy::Haproxy;
+use egress_harness::metrics::{scrape, sum, value};
 use egress_harness::postgres::Postgres;
 use egress_harness::tinyproxy::Tinyproxy;
 use egress_harness::{bins::bin_path, wait_until};
@@ -622,17 +623,9 @@ fn bad_input_fails_before_anything_changes() {
     unchanged(&rig);
 }
 
-fn http_get_local(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = egress_harness::client::connect_from(None, addr)?;
-    http_get(&mut s, &addr.to_string(), path)
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+/// A counter or gauge from a scrape, 0 when absent.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(text, name, labels).unwrap_or(0.0)
 }
 
 /// `egress-checker run` with `rotation.quarantined_for`: a backend that dies and stays quarantined is
@@ -725,13 +718,12 @@ listen {BACKEND}
     assert!(wait_until(Duration::from_secs(20), || status("s1") == "UP"
         && status("s2") == "UP"));
     // The checker binds its metrics endpoint a moment after HAProxy's own checks pass.
-    assert!(wait_until(Duration::from_secs(20), || http_get_local(
-        metrics_addr,
-        "/metrics"
-    )
-    .is_ok()));
-    let m = http_get_local(metrics_addr, "/metrics").unwrap();
-    assert_eq!(metric(&m, "egress_checker_rotations_total{result=\"ok\"}"), 0.0);
+    assert!(wait_until(Duration::from_secs(20), || scrape(metrics_addr).is_ok()));
+    let m = scrape(metrics_addr).unwrap();
+    assert_eq!(
+        metric(&m, "egress_checker_rotations_total", &[("result", "ok")]),
+        0.0
+    );
     assert!(
         m.contains("egress_checker_rotations_total{result=\"failed\"} 0"),
         "pre-initialised"
@@ -740,8 +732,8 @@ listen {BACKEND}
 
     // The checker has seen both exit IPs (the ledger knows s1's old one).
     assert!(wait_until(Duration::from_secs(20), || {
-        http_get_local(metrics_addr, "/metrics")
-            .map(|m| metric(&m, "egress_checker_servers{state=\"healthy\"}") == 2.0)
+        scrape(metrics_addr)
+            .map(|m| metric(&m, "egress_checker_servers", &[("state", "healthy")]) == 2.0)
             .unwrap_or(false)
     }));
     std::thread::sleep(Duration::from_secs(2)); // the ledger writer's flush
@@ -760,8 +752,8 @@ listen {BACKEND}
         scope.spawn(|| restarter(dir.path(), &proxies, &stop));
         let healed = wait_until(Duration::from_secs(60), || {
             status("s1") == "UP"
-                && http_get_local(metrics_addr, "/metrics")
-                    .map(|m| metric(&m, "egress_checker_rotations_total{result=\"ok\"}") == 1.0)
+                && scrape(metrics_addr)
+                    .map(|m| metric(&m, "egress_checker_rotations_total", &[("result", "ok")]) == 1.0)
                     .unwrap_or(false)
         });
         stop.store(true, Ordering::SeqCst);
@@ -771,13 +763,9 @@ listen {BACKEND}
         eprintln!("{}", tail(&checker.logs()));
     }
     assert!(healed, "s1 was not rotated and restored: {}", status("s1"));
-    let m = http_get_local(metrics_addr, "/metrics").unwrap();
+    let m = scrape(metrics_addr).unwrap();
     assert!(m.contains("egress_checker_rotation_in_progress 0"));
-    let maint_failures: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("egress_checker_probes_total{") && l.contains("verdict=\"maint\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b);
+    let maint_failures = sum(&m, "egress_checker_probes_total", &[("verdict", "maint")]);
     println!("FIGURE self_heal: probe failures not counted while in maint: {maint_failures}");
     // Clients get through again (s1 or s2, whichever the hash picks).
     short_request(

@@ -14,10 +14,10 @@ use egress_harness::client::echo_ip_via_proxy;
 use egress_harness::echo::EchoServer;
 use egress_harness::entry::EntryPolicy;
 use egress_harness::haproxy::{GLOBAL, Haproxy, raised_spoe_conf};
+use egress_harness::metrics::{scrape, value};
 use egress_harness::ports::free_port;
 use egress_harness::process::{ChildSpec, ManagedChild};
 use egress_harness::shipped::{FRONT_PORT, SPOA_PORT, haproxy_for_test};
-use egress_harness::stack::sample;
 use egress_harness::tinyproxy::Tinyproxy;
 use egress_harness::wait_until;
 
@@ -57,18 +57,6 @@ fn start_agent(exit_ips: &str) -> anyhow::Result<(ManagedChild, SocketAddr, u16)
         child.logs()
     );
     Ok((child, addr, metrics_port))
-}
-
-fn metrics(port: u16) -> String {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 /// The `egress <src> <backend>/<server> client=<hash> exit=<ip> err=<n>` lines of the TCP-mode
@@ -145,11 +133,11 @@ fn spop_check_down(haproxy: &Haproxy) -> bool {
 /// Every exchange succeeded: the agent answered at least `at_least` egress-attribution messages, and
 /// HAProxy's SPOE log (shipped `option dontlog-normal`: one line per *failed* exchange only) is empty.
 fn assert_spoe_exchanges_ok(logs: &str, metrics_port: u16, at_least: usize) {
-    let m = metrics(metrics_port);
-    let answered = sample(
+    let m = scrape(SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port))).unwrap_or_default();
+    let answered = value(
         &m,
         "egress_spoa_messages_total",
-        &["message=\"egress-attribution\"", "outcome=\"ok\""],
+        &[("message", "egress-attribution"), ("outcome", "ok")],
     )
     .unwrap_or(0.0);
     assert!(answered >= at_least as f64, "{answered} messages answered:\n{m}");

@@ -18,11 +18,11 @@ use egress_harness::echo::EchoServer;
 use egress_harness::entry::EntryPolicy;
 use egress_harness::fault::{FaultBackend, FaultMode};
 use egress_harness::haproxy::{GLOBAL, Haproxy, shipped_spoe_conf};
+use egress_harness::metrics::{scrape, value};
 use egress_harness::ports::free_port;
 use egress_harness::postgres::Postgres;
 use egress_harness::process::{ChildSpec, ManagedChild};
 use egress_harness::shipped::{AGENT_PORT, haproxy_for_test};
-use egress_harness::stack::{sample, scrape};
 use egress_harness::tinyproxy::Tinyproxy;
 use egress_harness::wait_until;
 
@@ -60,7 +60,7 @@ fn start_checker(
 fn writer(r: &Replica) -> Option<f64> {
     scrape(r.metrics)
         .ok()
-        .and_then(|t| sample(&t, "egress_checker_ledger_writer", &[]))
+        .and_then(|t| value(&t, "egress_checker_ledger_writer", &[]))
 }
 
 fn status(h: &Haproxy, server: &str) -> String {

@@ -4,6 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use egress_common::http1;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -33,70 +34,28 @@ pub struct ResponseHead {
 /// Why a response head is not acceptable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
-    /// Not an `HTTP/1.x NNN` status line.
-    #[error("malformed status line")]
+    /// Not an `HTTP/1.x NNN` status line, or malformed (or too many) header fields.
+    #[error("malformed response head")]
     Malformed,
     /// The head is longer than allowed.
     #[error("response head too long")]
     TooLong,
 }
 
-/// Parse an HTTP/1.x response head from `buf`. `Ok(None)`: incomplete, read more.
+/// Parse an HTTP/1.x response head from `buf` ([`egress_common::http1`]). `Ok(None)`: incomplete,
+/// read more.
 ///
 /// The status line is validated as soon as it is complete, so a hostile peer cannot make us buffer
 /// `max_head` bytes of garbage before we notice it is not HTTP.
 pub fn parse_response_head(buf: &[u8], max_head: usize) -> Result<Option<ResponseHead>, HeadError> {
-    let status = match buf.iter().position(|&b| b == b'\n') {
-        Some(eol) => parse_status_line(&buf[..eol])?,
-        None => {
-            // Reject early when even the partial line cannot be HTTP.
-            let n = buf.len().min(5);
-            if buf[..n] != b"HTTP/"[..n] {
-                return Err(HeadError::Malformed);
-            }
-            if buf.len() > max_head {
-                return Err(HeadError::TooLong);
-            }
-            return Ok(None);
-        }
-    };
-    // RFC 9112 §2.2: a recipient MAY accept a bare LF as a line terminator.
-    let end = find(buf, b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| find(buf, b"\n\n").map(|i| i + 2));
-    match end {
-        Some(len) if len <= max_head => Ok(Some(ResponseHead { status, len })),
-        Some(_) => Err(HeadError::TooLong),
-        None if buf.len() > max_head => Err(HeadError::TooLong),
-        None => Ok(None),
+    match http1::parse_response(buf, max_head) {
+        Ok(head) => Ok(head.map(|h| ResponseHead {
+            status: h.status,
+            len: h.len,
+        })),
+        Err(http1::HeadError::TooLong { .. }) => Err(HeadError::TooLong),
+        Err(_) => Err(HeadError::Malformed),
     }
-}
-
-fn parse_status_line(line: &[u8]) -> Result<u16, HeadError> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    // status-line = HTTP-version SP status-code SP [ reason-phrase ]   (RFC 9112 §4)
-    let rest = line.strip_prefix(b"HTTP/1.").ok_or(HeadError::Malformed)?;
-    let (minor, rest) = rest.split_first().ok_or(HeadError::Malformed)?;
-    if !minor.is_ascii_digit() {
-        return Err(HeadError::Malformed);
-    }
-    let rest = rest.strip_prefix(b" ").ok_or(HeadError::Malformed)?;
-    let code = rest.get(..3).ok_or(HeadError::Malformed)?;
-    if !code.iter().all(u8::is_ascii_digit) {
-        return Err(HeadError::Malformed);
-    }
-    if !matches!(rest.get(3), None | Some(b' ')) {
-        return Err(HeadError::Malformed);
-    }
-    let status = code.iter().fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
-    if !(100..=599).contains(&status) {
-        return Err(HeadError::Malformed);
-    }
-    Ok(status)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// TCP connect with its own timeout. The socket is built with socket2 so we can set `SO_LINGER 0`:

@@ -4,10 +4,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use egress_common::http1;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::class::FailureClass;
-use super::connect::parse_response_head;
 
 /// The whole answer (head and body) is refused past this size: an IP is a few bytes.
 pub const MAX_ANSWER: usize = 16 * 1024;
@@ -34,9 +34,9 @@ where
         let mut chunk = [0u8; 2048];
         loop {
             // Stop early once Content-Length is satisfied; otherwise read to EOF (Connection: close).
-            if let Ok(Some(head)) = parse_response_head(&buf, MAX_ANSWER)
-                && let Some(len) = content_length(&buf[..head.len])
-                && buf.len() >= head.len.saturating_add(len)
+            if let Ok(Some(head)) = http1::parse_response(&buf, MAX_ANSWER)
+                && let Ok(Some(len)) = head.headers.content_length()
+                && buf.len() as u64 >= (head.len as u64).saturating_add(len)
             {
                 break;
             }
@@ -54,15 +54,20 @@ where
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        let head = match parse_response_head(&buf, MAX_ANSWER) {
+        let head = match http1::parse_response(&buf, MAX_ANSWER) {
             Ok(Some(h)) => h,
             _ => return Err(FailureClass::ExitIpUnavailable),
         };
         if head.status != 200 {
             return Err(FailureClass::ExitIpUnavailable);
         }
+        // RFC 9112 §6.3: an invalid Content-Length is an unrecoverable framing error.
+        let length = head
+            .headers
+            .content_length()
+            .map_err(|_| FailureClass::ExitIpUnavailable)?;
         let mut body = &buf[head.len..];
-        if let Some(len) = content_length(&buf[..head.len]) {
+        if let Some(len) = length.and_then(|l| usize::try_from(l).ok()) {
             body = body.get(..len).unwrap_or(body);
         }
         parse_ip_body(body).ok_or(FailureClass::ExitIpInvalid)
@@ -73,25 +78,20 @@ where
     }
 }
 
-fn content_length(head: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(head).ok()?;
-    text.lines().skip(1).find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        if name.trim().eq_ignore_ascii_case("content-length") {
-            value.trim().parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
 /// Parse a bare IP (`203.0.113.7\n`) or a JSON object with an `ip` field (`{"ip":"203.0.113.7"}`,
 /// as ipify's `?format=json` and ipinfo.io answer).
 pub fn parse_ip_body(body: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(body).ok()?.trim();
     if text.starts_with('{') {
-        let value: serde_json::Value = serde_json::from_str(text).ok()?;
-        return value.get("ip")?.as_str()?.trim().parse().ok();
+        // Only the `ip` member is read: the rest of the object is skipped, never built (a body of
+        // a few KiB holding a large array must not cost a large allocation).
+        #[derive(serde::Deserialize)]
+        struct Echo<'a> {
+            #[serde(borrow)]
+            ip: std::borrow::Cow<'a, str>,
+        }
+        let echo: Echo<'_> = serde_json::from_str(text).ok()?;
+        return echo.ip.trim().parse().ok();
     }
     text.parse().ok()
 }
@@ -149,6 +149,23 @@ mod tests {
             assert_eq!(ip, Ok("127.0.0.5".parse().unwrap()));
             srv.abort();
         }
+    }
+
+    /// RFC 9112 §6.3: differing Content-Length values are a framing error, not a length to guess.
+    #[tokio::test]
+    async fn an_invalid_length_is_unavailable() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let mut req = [0u8; 512];
+            let _ = server.read(&mut req).await;
+            let _ = server
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nContent-Length: 10\r\n\r\n127.0.0.5\n")
+                .await;
+        });
+        assert_eq!(
+            fetch(client, "h", "/", Duration::from_secs(2)).await,
+            Err(FailureClass::ExitIpUnavailable)
+        );
     }
 
     #[tokio::test]
