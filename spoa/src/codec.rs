@@ -73,13 +73,12 @@ impl SpopCodec {
     pub fn set_max_frame_size(&mut self, max: u32) {
         self.max_frame_size = max;
     }
-}
 
-impl Decoder for SpopCodec {
-    type Item = Frame;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    /// The length layer alone: the size of the first frame in `src`, prefix included, once it is
+    /// complete (`src[4..size]` is its body); `Ok(None)`, after reserving room for the rest, while
+    /// it is not. Nothing is consumed. The agent's connection loop parses the body in place
+    /// ([`crate::frame::FrameRef`]) and then advances past it.
+    pub fn frame_len(&self, src: &mut BytesMut) -> Result<Option<usize>, CodecError> {
         let Some(prefix) = src.get(..4) else {
             return Ok(None);
         };
@@ -101,8 +100,20 @@ impl Decoder for SpopCodec {
             src.reserve(total - src.len());
             return Ok(None);
         }
+        Ok(Some(total))
+    }
+}
+
+impl Decoder for SpopCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let Some(total) = self.frame_len(src)? else {
+            return Ok(None);
+        };
         src.advance(4);
-        let body = src.split_to(len as usize).freeze();
+        let body = src.split_to(total - 4).freeze();
         Ok(Some(Frame::parse(body)?))
     }
 }

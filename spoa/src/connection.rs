@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::SpopCodec;
+use crate::codec::{CodecError, SpopCodec};
 use crate::frame::ack::AckWriter;
 use crate::frame::{
-    AgentHello, Disconnect, Frame, FrameType, HaproxyHello, Notify, Scope, Status, TypedData,
+    AgentHello, DecodeError, Disconnect, FrameRef, FrameType, HaproxyHello, Notify, Scope, Status, TypedData,
 };
 use crate::handler::{Agent, ConnHandler, VAR_STATUS};
 use crate::metrics::Metrics;
@@ -115,20 +114,37 @@ impl Session {
             if notifies as usize >= max_inflight {
                 break Step::Yield;
             }
-            match self.codec.decode(input) {
+            let total = match self.codec.frame_len(input) {
                 Ok(None) => break Step::NeedInput,
-                Ok(Some(frame)) => {
+                Ok(Some(total)) => total,
+                Err(error) => {
+                    tracing::debug!(%error, "undecodable SPOP frame");
+                    self.close(error.status(), out);
+                    break Step::Close;
+                }
+            };
+            // Parsed where it lies in the read buffer, then skipped: no `Bytes` and no reference
+            // count per frame.
+            match input
+                .get(4..total)
+                .ok_or(DecodeError::Truncated)
+                .and_then(FrameRef::parse)
+            {
+                Ok(frame) => {
                     let is_notify = frame.kind == FrameType::Notify;
                     if !is_notify {
                         self.metrics.frame_received(frame.kind);
                     }
                     self.on_frame(frame, out);
+                    input.advance(total);
                     notifies += u64::from(is_notify);
                     if self.state == State::Closing {
                         break Step::Close;
                     }
                 }
                 Err(error) => {
+                    input.advance(total);
+                    let error = CodecError::from(error);
                     tracing::debug!(%error, "undecodable SPOP frame");
                     self.close(error.status(), out);
                     break Step::Close;
@@ -171,11 +187,11 @@ impl Session {
         self.state = State::Closing;
     }
 
-    fn on_frame(&mut self, frame: Frame, out: &mut BytesMut) {
+    fn on_frame(&mut self, frame: FrameRef<'_>, out: &mut BytesMut) {
         match (self.state, frame.kind) {
             (_, FrameType::Unknown(_)) => {} // "Unknown frames may be silently skipped"
             (_, FrameType::HaproxyDisconnect) => {
-                let status = Disconnect::parse(&frame.payload)
+                let status = Disconnect::parse(frame.payload)
                     .map(|d| d.status)
                     .unwrap_or(Status::UNKNOWN);
                 self.metrics.disconnect(false, status);
@@ -190,11 +206,11 @@ impl Session {
         }
     }
 
-    fn on_hello(&mut self, frame: &Frame, out: &mut BytesMut) {
+    fn on_hello(&mut self, frame: &FrameRef<'_>, out: &mut BytesMut) {
         if !frame.flags.fin() {
             return self.close(Status::FRAGMENTATION, out);
         }
-        let hello = match HaproxyHello::parse(&frame.payload) {
+        let hello = match HaproxyHello::parse(frame.payload) {
             Ok(h) => h,
             Err(_) => return self.close(Status::INVALID, out),
         };
@@ -219,7 +235,7 @@ impl Session {
         }
     }
 
-    fn on_notify(&mut self, frame: &Frame, out: &mut BytesMut) {
+    fn on_notify(&mut self, frame: &FrameRef<'_>, out: &mut BytesMut) {
         // spop_conn_get_next_sid (3.1+): `(max_id + 1) | 1`, max_id starting at -1.
         self.one_frame_per_write.get_or_insert(frame.stream_id == 1);
         // 3.x: "the FIN flag must be set on all frames"; fragmentation was never negotiated.
@@ -229,7 +245,7 @@ impl Session {
         if frame.flags.abort() {
             return; // an aborted (fragmented) NOTIFY expects no ACK
         }
-        let notify = match Notify::parse(&frame.payload) {
+        let notify = match Notify::parse(frame.payload) {
             Ok(n) => n,
             Err(error) => {
                 tracing::debug!(%error, sid = frame.stream_id, fid = frame.frame_id, "malformed NOTIFY");

@@ -121,6 +121,11 @@ pub struct ConnHandler {
     now: SystemTime,
     /// `egress-attribution` messages answered in the current batch (one counter update per batch).
     attributions: u64,
+    /// `egress-client` messages answered in the current batch (likewise).
+    clients: u64,
+    /// Messages of the current batch tagged `exit=unknown`: counted, and the reload asked for,
+    /// once per batch.
+    unknown_exits: u64,
 }
 
 /// The arguments the handlers use, gathered in one pass over the message.
@@ -168,30 +173,20 @@ impl<'a> Args<'a> {
     }
 }
 
-/// The text form of `ip` (as `Display` writes it) into `buf`; IPv4 without the fmt machinery,
+/// The text form of `ip` (as `Display` writes it) into `buf`; IPv4 from a table of the 256 octets,
 /// since it is on every request.
 fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> Option<usize> {
     match ip {
         IpAddr::V4(v4) => {
             let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    *buf.get_mut(n)? = b'.';
-                    n += 1;
-                }
-                let (h, t, o) = (octet / 100, (octet / 10) % 10, octet % 10);
-                if h > 0 {
-                    *buf.get_mut(n)? = b'0' + h;
-                    n += 1;
-                }
-                if h > 0 || t > 0 {
-                    *buf.get_mut(n)? = b'0' + t;
-                    n += 1;
-                }
-                *buf.get_mut(n)? = b'0' + o;
-                n += 1;
+            for octet in v4.octets() {
+                // Each entry is the octet's digits then a dot, written whole: the next octet (or
+                // nothing, after the last) overwrites what follows the digits.
+                let (text, len) = OCTETS[usize::from(octet)];
+                buf.get_mut(n..n + 4)?.copy_from_slice(&text);
+                n += usize::from(len) + 1;
             }
-            Some(n)
+            Some(n - 1)
         }
         IpAddr::V6(_) => {
             let mut w = &mut buf[..];
@@ -201,6 +196,24 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> Option<usize> {
         }
     }
 }
+
+/// Every octet's decimal digits followed by a dot, and the number of digits.
+const OCTETS: [([u8; 4], u8); 256] = {
+    let mut t = [([0u8; 4], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let (h, d, o) = ((i / 100) as u8, ((i / 10) % 10) as u8, (i % 10) as u8);
+        t[i] = if i >= 100 {
+            ([b'0' + h, b'0' + d, b'0' + o, b'.'], 3)
+        } else if i >= 10 {
+            ([b'0' + d, b'0' + o, b'.', 0], 2)
+        } else {
+            ([b'0' + o, b'.', 0, 0], 1)
+        };
+        i += 1;
+    }
+    t
+};
 
 fn set_txn<'a>(name: &'a [u8], value: TypedData<'a>) -> Action<'a> {
     Action::SetVar {
@@ -221,6 +234,8 @@ impl ConnHandler {
             batch: Vec::new(),
             now: SystemTime::now(),
             attributions: 0,
+            clients: 0,
+            unknown_exits: 0,
         }
     }
 
@@ -238,6 +253,15 @@ impl ConnHandler {
         if self.attributions > 0 {
             self.agent.metrics.msg_attribution.inc_by(self.attributions);
             self.attributions = 0;
+        }
+        if self.clients > 0 {
+            self.agent.metrics.msg_client.inc_by(self.clients);
+            self.clients = 0;
+        }
+        if self.unknown_exits > 0 {
+            self.agent.metrics.exit_ip_unknown.inc_by(self.unknown_exits);
+            self.unknown_exits = 0;
+            self.agent.exit_ips.request_reload_for_unknown();
         }
     }
 
@@ -267,7 +291,7 @@ impl ConnHandler {
     fn client(&mut self, m: &Message<'_>, ack: &mut AckWriter<'_>) {
         match Args::of(m).hash(&self.agent.key) {
             Some(h) => {
-                self.agent.metrics.msg_client.inc();
+                self.clients += 1;
                 ack.push(set_txn(VAR_CLIENT_HASH, TypedData::String(&h.to_hex())));
             }
             None => self.bad_args(ack),
@@ -288,11 +312,11 @@ impl ConnHandler {
             Some(IpAddr::V4(a)) => ack.push(set_txn(VAR_EXIT_IP, TypedData::Ipv4(a))),
             Some(IpAddr::V6(a)) => ack.push(set_txn(VAR_EXIT_IP, TypedData::Ipv6(a))),
             // Never a stale IP: a server the map does not know (never seen, mid-rotation, or its
-            // tunnel failed) is tagged `unknown`, and the map is reloaded at once (rate-limited).
+            // tunnel failed) is tagged `unknown`, and the map is reloaded at once (asked for at the
+            // end of the batch, rate-limited).
             None => {
                 ack.push(set_txn(VAR_EXIT_IP, TypedData::String(EXIT_UNKNOWN)));
-                self.agent.metrics.exit_ip_unknown.inc();
-                self.agent.exit_ips.request_reload_for_unknown();
+                self.unknown_exits += 1;
             }
         }
         self.batch.push(AttributionRecord {

@@ -126,9 +126,9 @@ struct Cli {
     /// (never a stale IP) and triggers a reload at once (at most one per second).
     #[arg(long, env = "EGRESS_SPOA_EXIT_IPS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
     exit_ips_refresh: Duration,
-    /// Runtime worker threads (default: the CPUs this process may run on). 1 runs everything on
-    /// one thread (tokio's current-thread scheduler): the cheapest per message when the agent is
-    /// pinned to one core.
+    /// Runtime worker threads (default: the CPUs this process may run on, as affinity and cgroup
+    /// quota allow). 1 runs everything on one thread (tokio's current-thread scheduler): the
+    /// cheapest per message when the agent is pinned to one core.
     #[arg(long, env = "EGRESS_SPOA_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// Batching window: when the agent is answering a stream of NOTIFYs (at least two per wake-up),
@@ -248,14 +248,15 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format, &cli.log);
     // One worker: the current-thread scheduler (no work-stealing queues, no cross-thread wake-ups);
     // the same code runs on either.
-    let mut rt = match cli.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+    let workers = cli
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    let mut rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
     };
     rt.on_thread_park(egress_spoa::coalesce::park_hook(cli.coalesce));
     let rt = match rt.enable_all().build() {

@@ -46,6 +46,7 @@ pub enum TypedData<'a> {
 
 impl<'a> TypedData<'a> {
     /// Decode one typed value from the front of `input`.
+    #[inline]
     pub fn decode(input: &'a [u8]) -> PResult<'a, TypedData<'a>> {
         let Some((&tag, rest)) = input.split_first() else {
             return Err(nom::Err::Error(DecodeError::Truncated));
@@ -147,6 +148,7 @@ impl<'a> TypedData<'a> {
 }
 
 /// A `<varint length><bytes>` field without a type byte: KV names, message names, action var names.
+#[inline]
 pub fn bytes_field(input: &[u8]) -> PResult<'_, &[u8]> {
     let (rest, len) = varint::decode(input)?;
     // A length beyond the remaining payload is truncation, never an allocation.

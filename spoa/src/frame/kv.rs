@@ -7,6 +7,7 @@ use super::data::{bytes_field, encode_bytes};
 use super::{DecodeError, PResult, TypedData};
 
 /// Decode one `<name><typed value>` pair.
+#[inline]
 pub fn pair(input: &[u8]) -> PResult<'_, (&[u8], TypedData<'_>)> {
     let (rest, name) = bytes_field(input)?;
     let (rest, value) = TypedData::decode(rest)?;
@@ -33,6 +34,7 @@ impl<'a> KvIter<'a> {
 impl<'a> Iterator for KvIter<'a> {
     type Item = Result<(&'a [u8], TypedData<'a>), DecodeError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.rest.is_empty() || self.failed {
             return None;

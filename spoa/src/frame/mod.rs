@@ -14,7 +14,7 @@ pub mod kv;
 pub mod notify;
 pub mod varint;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use nom::Parser;
 
 pub use ack::{Action, Scope};
@@ -68,6 +68,7 @@ pub fn flatten(e: nom::Err<DecodeError>) -> DecodeError {
 }
 
 /// `n` bytes from the front of a complete input.
+#[inline]
 pub(crate) fn take(input: &[u8], n: usize) -> PResult<'_, &[u8]> {
     nom::bytes::complete::take(n).parse(input)
 }
@@ -179,14 +180,45 @@ pub struct Frame {
 impl Frame {
     /// Parse a frame body (everything after the 4-byte length) held in `body`.
     pub fn parse(body: Bytes) -> Result<Frame, DecodeError> {
-        let (rest, (kind, flags, stream_id, frame_id)) = header(&body).map_err(flatten)?;
-        let offset = body.len() - rest.len();
+        let f = FrameRef::parse(&body)?;
+        let offset = body.len() - f.payload.len();
         Ok(Frame {
+            kind: f.kind,
+            flags: f.flags,
+            stream_id: f.stream_id,
+            frame_id: f.frame_id,
+            payload: body.slice(offset..),
+        })
+    }
+}
+
+/// A decoded frame borrowing its payload from the read buffer: what the agent's connection loop
+/// handles, so that a frame costs neither a reference count nor a `Bytes` (see [`Frame`] for an
+/// owned one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    /// The frame type.
+    pub kind: FrameType,
+    /// FIN / ABORT.
+    pub flags: Flags,
+    /// Stream-ID.
+    pub stream_id: u64,
+    /// Frame-ID.
+    pub frame_id: u64,
+    /// Everything after the metadata.
+    pub payload: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    /// Parse a frame body (everything after the 4-byte length).
+    pub fn parse(body: &'a [u8]) -> Result<FrameRef<'a>, DecodeError> {
+        let (payload, (kind, flags, stream_id, frame_id)) = header(body).map_err(flatten)?;
+        Ok(FrameRef {
             kind: FrameType::from_u8(kind),
             flags: Flags(flags),
             stream_id,
             frame_id,
-            payload: body.slice(offset..),
+            payload,
         })
     }
 }
@@ -221,12 +253,18 @@ impl<'b> FrameWriter<'b> {
     /// never fragment ("the FIN flag must be set on all frames", 3.x SPOE.txt).
     pub fn begin(buf: &'b mut BytesMut, kind: FrameType, flags: Flags, sid: u64, fid: u64) -> Self {
         let start = buf.len();
-        buf.reserve(4 + 1 + 4 + 2 * varint::MAX_LEN + 64);
-        buf.put_u32(0);
-        buf.put_u8(kind.to_u8());
-        buf.put_u32(flags.0);
-        varint::encode(sid, buf);
-        varint::encode(fid, buf);
+        // Assembled on the stack and appended at once: one capacity check instead of one per field.
+        let mut head = [0u8; 4 + 1 + 4 + 2 * varint::MAX_LEN];
+        head[4] = kind.to_u8();
+        head[5..9].copy_from_slice(&flags.0.to_be_bytes());
+        let mut n = 9;
+        for v in [sid, fid] {
+            let (bytes, len) = varint::encode_array(v);
+            head[n..n + len].copy_from_slice(&bytes[..len]);
+            n += len;
+        }
+        buf.reserve(n + 64);
+        buf.extend_from_slice(&head[..n]);
         FrameWriter { buf, start }
     }
 
@@ -317,6 +355,7 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     #[test]
     fn frame_types_round_trip() {
@@ -343,6 +382,33 @@ mod tests {
         w.payload().put_slice(&[0u8; 300]);
         assert_eq!(w.finish(256), Err(FrameTooBig { len: 307, max: 256 }));
         assert_eq!(buf.len(), 11, "the refused frame is removed");
+    }
+
+    #[test]
+    fn writer_header_round_trips_every_varint_size() {
+        for (sid, fid) in [
+            (0, 0),
+            (239, 240),
+            (2287, 2288),
+            (1 << 40, 264_432),
+            (u64::MAX, 1),
+        ] {
+            let mut buf = BytesMut::new();
+            let mut w = FrameWriter::begin(&mut buf, FrameType::Ack, Flags::FIN, sid, fid);
+            w.payload().put_slice(b"xy");
+            w.finish(16380).unwrap();
+            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+            assert_eq!(len, buf.len() - 4);
+            let f = FrameRef::parse(&buf[4..]).unwrap();
+            assert_eq!(
+                (f.kind, f.flags, f.stream_id, f.frame_id, f.payload),
+                (FrameType::Ack, Flags::FIN, sid, fid, &b"xy"[..])
+            );
+            assert_eq!(
+                Frame::parse(buf.split_off(4).freeze()).unwrap().payload,
+                &b"xy"[..]
+            );
+        }
     }
 
     #[test]

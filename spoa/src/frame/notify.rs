@@ -13,23 +13,36 @@ use super::{DecodeError, Flags, FrameTooBig, FrameType, FrameWriter, PResult, Ty
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Notify<'a> {
     raw: &'a [u8],
+    /// The first message and what follows it, as validation found them: almost every NOTIFY
+    /// carries one message, which is then not parsed a second time.
+    first: Option<(Message<'a>, &'a [u8])>,
 }
 
 impl<'a> Notify<'a> {
     /// Validate the whole payload: every message, every argument, no trailing garbage.
     pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut first = None;
         let mut rest = payload;
         while !rest.is_empty() {
-            let (r, _) = message(rest).map_err(flatten)?;
+            let (r, m) = message(rest).map_err(flatten)?;
+            first.get_or_insert((m, r));
             rest = r;
         }
-        Ok(Notify { raw: payload })
+        Ok(Notify { raw: payload, first })
     }
 
     /// The messages, in order.
     pub fn messages(&self) -> impl Iterator<Item = Message<'a>> + use<'a> {
+        let mut first = self.first;
         let mut rest = self.raw;
         std::iter::from_fn(move || {
+            if let Some((m, after)) = first.take() {
+                rest = after;
+                return Some(m);
+            }
+            if rest.is_empty() {
+                return None;
+            }
             // Validated in parse(); an error here cannot happen but must not panic either.
             let (r, m) = message(rest).ok()?;
             rest = r;

@@ -12,18 +12,33 @@ use super::{DecodeError, PResult};
 pub const MAX_LEN: usize = 10;
 
 /// Append the encoding of `v` to `buf`.
-pub fn encode(mut v: u64, buf: &mut impl BufMut) {
+pub fn encode(v: u64, buf: &mut impl BufMut) {
     if v < 240 {
         buf.put_u8(v as u8);
         return;
     }
-    buf.put_u8((v as u8) | 0xF0);
+    let (bytes, n) = encode_array(v);
+    buf.put_slice(&bytes[..n]);
+}
+
+/// The encoding of `v`: its first `n` bytes, for callers that assemble a header on the stack.
+pub fn encode_array(mut v: u64) -> ([u8; MAX_LEN], usize) {
+    let mut out = [0u8; MAX_LEN];
+    if v < 240 {
+        out[0] = v as u8;
+        return (out, 1);
+    }
+    out[0] = (v as u8) | 0xF0;
     v = (v - 240) >> 4;
-    while v >= 128 {
-        buf.put_u8((v as u8) | 0x80);
+    let mut n = 1;
+    // What is left after the first byte is under 2^60: at most 8 continuation bytes and a last one.
+    while v >= 128 && n < MAX_LEN - 1 {
+        out[n] = (v as u8) | 0x80;
+        n += 1;
         v = (v - 128) >> 7;
     }
-    buf.put_u8(v as u8);
+    out[n] = v as u8;
+    (out, n + 1)
 }
 
 /// The number of bytes [`encode`] writes for `v`.
@@ -41,6 +56,7 @@ pub fn encoded_len(mut v: u64) -> usize {
 }
 
 /// Decode one varint from the front of `input` (a complete payload: running out is an error).
+#[inline]
 pub fn decode(input: &[u8]) -> PResult<'_, u64> {
     let Some((&first, mut rest)) = input.split_first() else {
         return Err(nom::Err::Error(DecodeError::Truncated));
