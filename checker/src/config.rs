@@ -149,10 +149,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named_wherever_they_are() {
-        let e = Config::from_toml(&format!("{MIN}\n[probe]\nintervl = \"1s\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("intervl"), "{e}");
+        // Every test that reads the configuration runs inside a Jail, even one that sets no
+        // variable: the Jail's lock keeps the other tests' EGRESS_CHECKER_* variables (process-wide)
+        // out of it. Outside one, this test once read another's [rotation] override and failed.
+        Jail::expect_with(|_| {
+            let e = Config::from_toml(&format!("{MIN}\n[probe]\nintervl = \"1s\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("intervl"), "{e}");
+            Ok(())
+        });
         Jail::expect_with(|jail| {
             jail.set_env("EGRESS_CHECKER_ROTATION__EXECUTOR__PROGRAMME", "/x");
             let e = Config::from_toml(&format!("{MIN}\n{ROTATION}"))
