@@ -275,7 +275,7 @@ pub struct RunResult {
     pub bystander_downs: u64,
     /// Of which by the egress-checker's agent (a probe that failed a healthy backend).
     pub bystander_agent_downs: u64,
-    /// The victim's share of the answered requests before the fault.
+    /// The victim's share of the requests scheduled before the fault that got an answer.
     pub victim_share: f64,
     /// Tunnels open on a process when it was killed: answered through it less than `hold` before
     /// the kill (CONNECT only; summed over the kills of a rolling restart).
@@ -766,13 +766,15 @@ fn summarize(
         })
         .collect();
     let window = |s: &&Sample| restore_at.is_some_and(|r| s.scheduled >= r && s.scheduled < r + plan.after);
-    let warm_ok: Vec<&Sample> = samples
+    // Every warm-up request that got an answer (an exit address), whether or not it completed: a
+    // kill at the end of the warm-up cuts tunnels of the victim only.
+    let warm: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.scheduled < plan.warm && s.outcome == Outcome::Ok)
+        .filter(|s| s.scheduled < plan.warm && s.exit.is_some())
         .collect();
     let victim_share = ratio(
-        warm_ok.iter().filter(|s| s.exit == Some(victim_exit)).count() as u64,
-        warm_ok.len() as u64,
+        warm.iter().filter(|s| s.exit == Some(victim_exit)).count() as u64,
+        warm.len() as u64,
     );
     let open = open_at_kill(samples, &x.kills, plan.hold);
     let bound =
