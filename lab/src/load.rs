@@ -195,21 +195,26 @@ pub fn source(n: u8) -> Ipv4Addr {
     )
 }
 
+/// `step` within `limit` when there is one (the fallback client's own deadlines; without them only
+/// the request's deadline applies): a step that overruns it is a timeout.
+async fn deadline<T>(limit: Option<Duration>, step: impl Future<Output = T>) -> Result<T, Outcome> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, step)
+            .await
+            .map_err(|_| Outcome::Timeout),
+        None => Ok(step.await),
+    }
+}
+
 async fn dial(load: &Load, from: Ipv4Addr) -> Result<TcpStream, Outcome> {
     let connect = async {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::from((from, 0)))?;
         socket.connect(load.proxy).await
     };
-    let stream = if load.fallback {
-        match tokio::time::timeout(FALLBACK_CONNECT_TIMEOUT, connect).await {
-            Ok(r) => r,
-            Err(_) => return Err(Outcome::Timeout),
-        }
-    } else {
-        connect.await
-    };
-    let stream = stream.map_err(|e| io_outcome(&e))?;
+    let stream = deadline(load.fallback.then_some(FALLBACK_CONNECT_TIMEOUT), connect)
+        .await?
+        .map_err(|e| io_outcome(&e))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
@@ -231,15 +236,7 @@ async fn open(load: &Load, from: Ipv4Addr, attempt: u8) -> Result<(TcpStream, Ve
         .map_err(|e| io_outcome(&e))?;
     let mut buf = Vec::with_capacity(256);
     let read = http1::read_response_head(&mut stream, &mut buf, MAX_ANSWER_HEAD);
-    let head = if load.fallback {
-        match tokio::time::timeout(FALLBACK_ANSWER_TIMEOUT, read).await {
-            Ok(r) => r,
-            Err(_) => return Err(Outcome::Timeout),
-        }
-    } else {
-        read.await
-    };
-    let head = match head {
+    let head = match deadline(load.fallback.then_some(FALLBACK_ANSWER_TIMEOUT), read).await? {
         Ok(head) => head,
         Err(http1::ReadError::Closed) => return Err(Outcome::Reset),
         Err(http1::ReadError::Io(e)) => return Err(io_outcome(&e)),
