@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use egress_harness::http_util::read_head;
+use egress_harness::http_util::{Incoming, read_head};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -27,7 +27,8 @@ pub enum Mode {
     Status(u16),
     /// Accept and read, never answer (a black hole).
     BlackHole,
-    /// Answer 503 only when the CONNECT target is this address; forward everything else.
+    /// Answer 503 only when the CONNECT target (or a GET's absolute-URI authority) is this address;
+    /// forward everything else.
     FailTarget(String),
     /// Forward, but only after this delay (a brownout: slow, never failing).
     Delay(Duration),
@@ -148,7 +149,7 @@ async fn handle(mut client: TcpStream, upstream: SocketAddr, mode: Mode, slot: O
                 tokio::time::timeout(TUNNEL_MAX, tokio::io::copy(&mut client, &mut tokio::io::sink())).await;
             return;
         }
-        Mode::FailTarget(target) if request.connect_target() == Some(target.as_str()) => {
+        Mode::FailTarget(target) if for_target(&request, &target) => {
             return answer(&mut client, 503).await;
         }
         Mode::Delay(d) => tokio::time::sleep(d).await,
@@ -168,6 +169,17 @@ async fn handle(mut client: TcpStream, upstream: SocketAddr, mode: Mode, slot: O
     let _ = tokio::time::timeout(TUNNEL_MAX, tokio::io::copy_bidirectional(&mut client, &mut up)).await;
 }
 
+/// Whether `request` is a CONNECT to `target` or an absolute-URI request for it.
+fn for_target(request: &Incoming, target: &str) -> bool {
+    request.connect_target() == Some(target)
+        || request
+            .head
+            .target
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split('/').next())
+            == Some(target)
+}
+
 async fn answer(client: &mut TcpStream, status: u16) {
     let text = format!("HTTP/1.1 {status} Lab Fault\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let _ = client.write_all(text.as_bytes()).await;
@@ -184,7 +196,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(connect.connect_target(), Some("127.0.0.1:80"));
+        assert!(for_target(&connect, "127.0.0.1:80"));
         let get = read_head(&mut &b"GET / HTTP/1.1\r\n\r\n"[..]).await.unwrap();
         assert_eq!(get.connect_target(), None);
+        assert!(!for_target(&get, "127.0.0.1:80"));
+        let proxied = read_head(&mut &b"GET http://127.0.0.1:80/hold/300 HTTP/1.1\r\nHost: x\r\n\r\n"[..])
+            .await
+            .unwrap();
+        assert!(for_target(&proxied, "127.0.0.1:80"));
+        assert!(!for_target(&proxied, "127.0.0.1:8"));
     }
 }

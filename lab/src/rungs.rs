@@ -5,8 +5,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// The backend (listen section) name the lab uses.
+/// The backend (listen section) name the lab's own rungs use.
 pub const BACKEND: &str = "lab";
+/// The shipped configuration's global pool.
+pub const SHIPPED_BACKEND: &str = "egress";
 
 /// One rung of the ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -20,12 +22,16 @@ pub enum Rung {
     C,
     /// (d) + the checker's slow-start ramp on restore.
     D,
+    /// (e) (d) with the pool hashed by source as shipped, and the deterministic client fallback: a
+    /// failed tunnel set-up is retried once with `X-Egress-Attempt: 2`, which HAProxy routes to the
+    /// next server of the ring (`lab_retry`), as `haproxy/haproxy.cfg.in` does for `egress_retry`.
+    E,
+    /// (s) `haproxy/haproxy.cfg.in` as shipped (rendered for the lab's ports by egress-gen) with the
+    /// egress-checker's shipped defaults and egress-spoa: what a user who changes nothing gets.
+    Shipped,
 }
 
 impl Rung {
-    /// All rungs, in ladder order.
-    pub const ALL: [Rung; 4] = [Rung::A, Rung::B, Rung::C, Rung::D];
-
     /// Short label for tables and plots.
     pub fn label(self) -> &'static str {
         match self {
@@ -33,21 +39,38 @@ impl Rung {
             Rung::B => "(b) + tuned haproxy",
             Rung::C => "(c) + egress-checker",
             Rung::D => "(d) + slow-start",
+            Rung::E => "(e) + client fallback",
+            Rung::Shipped => "(s) shipped as is",
         }
     }
 
     /// Whether the rung runs the egress-checker (agent-check).
     pub fn has_checker(self) -> bool {
-        self >= Rung::C
+        !matches!(self, Rung::A | Rung::B)
     }
 
-    /// Parses "a".."d".
+    /// Whether the load generator falls back once (the egress-client rule).
+    pub fn client_fallback(self) -> bool {
+        self == Rung::E
+    }
+
+    /// The HAProxy backend that holds the pool's servers.
+    pub fn backend(self) -> &'static str {
+        match self {
+            Rung::Shipped => SHIPPED_BACKEND,
+            _ => BACKEND,
+        }
+    }
+
+    /// Parses "a".."e" and "s".
     pub fn parse(s: &str) -> Option<Rung> {
         match s.trim().to_ascii_lowercase().as_str() {
             "a" => Some(Rung::A),
             "b" => Some(Rung::B),
             "c" => Some(Rung::C),
             "d" => Some(Rung::D),
+            "e" => Some(Rung::E),
+            "s" | "shipped" => Some(Rung::Shipped),
             _ => None,
         }
     }
@@ -59,8 +82,9 @@ impl fmt::Display for Rung {
     }
 }
 
-/// The HAProxy config of `rung` for `servers` (name, address); `agent_port` is the checker's
-/// agent-check listener (used from rung (c) on).
+/// The HAProxy config of `rung` (not [`Rung::Shipped`], which is rendered from the shipped template)
+/// for `servers` (name, address); `agent_port` is the checker's agent-check listener (used from rung
+/// (c) on).
 pub fn haproxy_config(rung: Rung, servers: &[(String, SocketAddr)], agent_port: u16) -> String {
     let mut cfg = String::from(
         "global
@@ -87,13 +111,35 @@ defaults
         // lab runs on a small shared machine; production can go lower.
         _ => cfg.push_str("    timeout server 2500ms\n"),
     }
-    cfg.push_str(&format!(
-        "
+    if rung == Rung::E {
+        // The shipped entry's rule (haproxy/haproxy.cfg.in): a client's second attempt says
+        // `X-Egress-Attempt: 2` and goes to the same ring with every server one place on; the
+        // header is removed before the backend sees it.
+        cfg.push_str(&format!(
+            "
+frontend entry
+    bind 127.0.0.1:{{{{PORT0}}}}
+    http-request set-var(txn.egress_retry) bool(true) if {{ req.hdr(x-egress-attempt) -m int ge 2 }}
+    http-request del-header x-egress-attempt
+    use_backend {BACKEND}_retry if {{ var(txn.egress_retry) -m bool }}
+    default_backend {BACKEND}
+
+backend {BACKEND}
+    # As shipped: a server going down moves only its own clients, and the fixed ids below build
+    # the ring that `{BACKEND}_retry` shifts by one.
+    balance source
+    hash-type consistent
+"
+        ));
+    } else {
+        cfg.push_str(&format!(
+            "
 listen {BACKEND}
     bind 127.0.0.1:{{{{PORT0}}}}
     balance roundrobin
 "
-    ));
+        ));
+    }
     match rung {
         Rung::A => cfg.push_str(
             "    # (a) Defaults: `retries 3` (\"retries\": by default retries apply only to new connection
@@ -110,7 +156,8 @@ listen {BACKEND}
     # \"retry-on\": conn-failure empty-response response-timeout 502 503 504 (\"only valid when mode is
     # http\"). For a CONNECT only conn-failure can apply: HAProxy clears the L7-retry flag before the
     # first send unless the request is complete (HTTP_MSG_DONE), and a CONNECT is a tunnel (src/stconn.c
-    # sc_conn_send); after a 503, 504 or response-timeout the client gets the error (docs/lab.md).
+    # sc_conn_send); after a 503, 504 or response-timeout the client gets the error (docs/lab.md). A
+    # plain-HTTP request (a GET) is complete and is retried on all of them.
     retry-on conn-failure empty-response response-timeout 502 503 504
     # \"observe layer7\": responses from the server are verified (valid codes 100-499, 501, 505), as are
     # connection errors and timeouts; \"error-limit 1\" + \"on-error mark-down\": the first error marks
@@ -131,13 +178,33 @@ listen {BACKEND}
             ));
         }
     }
-    for (name, addr) in servers {
+    for (id, (name, addr)) in (1..).zip(servers) {
         let send = if rung.has_checker() {
             format!(" agent-send \"{BACKEND}/{name}\\n\"")
         } else {
             String::new()
         };
-        cfg.push_str(&format!("    server {name} {addr}{send}\n"));
+        cfg.push_str(&format!("    server {name} {addr} id {id}{send}\n"));
+    }
+    if rung == Rung::E {
+        cfg.push_str(&format!(
+            "
+# A client's second attempt: ring position `id` holds the server with id+1 in `{BACKEND}` (the last
+# wraps), so a client lands on the successor of its primary server; each tracks its twin's state.
+backend {BACKEND}_retry
+    balance source
+    hash-type consistent
+    retries 2
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout 502 503 504
+    default-server weight 100
+"
+        ));
+        for (id, (name, addr)) in (1..).zip(servers.iter().cycle().skip(1).take(servers.len())) {
+            cfg.push_str(&format!(
+                "    server {name} {addr} id {id} track {BACKEND}/{name}\n"
+            ));
+        }
     }
     cfg
 }
@@ -186,5 +253,22 @@ max_quarantined_share = 0.5
 ",
         socket = runtime_socket.display(),
         ramp = ramp.as_millis()
+    )
+}
+
+/// The egress-checker config for [`Rung::Shipped`]: what `checker/checker.example.toml` requires
+/// (the runtime API, the pool, a probe target), every other key at its shipped default
+/// (`health/src/config.rs`: probe every 500 ms, 400 ms answer deadline, quarantine after 5
+/// failures, restore after 1 success, 10 s ramp from 10 %).
+pub fn shipped_checker_config(runtime_socket: &std::path::Path, probe_target: SocketAddr) -> String {
+    format!(
+        "[backends]
+runtime_api = \"unix:{socket}\"
+names = [\"{SHIPPED_BACKEND}\"]
+
+[[targets]]
+address = \"{probe_target}\"
+",
+        socket = runtime_socket.display(),
     )
 }

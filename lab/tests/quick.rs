@@ -1,5 +1,7 @@
 //! Runs `egress-lab --quick` (the CI mode) and checks that it exits 0, i.e. that the table has its
-//! shape and every asserted headline inequality of rung (d) holds, and that it wrote its outputs.
+//! shape and every asserted headline check holds (among them: plain-HTTP tunnel-503 error rate
+//! < 0.1 % at rung (d), and at most 1 error with the client fallback, rung (e)), and that it wrote
+//! its outputs.
 //!
 //! Needs haproxy, tinyproxy, fonts-dejavu-core and the egress-checker binary
 //! (`cargo build -p egress-checker -p egress-lab`, or `cargo build --workspace --bins`).
@@ -38,6 +40,7 @@ fn quick_lab_meets_the_headline_figures() -> anyhow::Result<()> {
         "crash.png",
         "tunnel-503.png",
         "rotate-drain.png",
+        "http-tunnel-503.png",
     ] {
         let path = out.path().join(file);
         assert!(path.is_file(), "{} missing", path.display());
@@ -45,13 +48,39 @@ fn quick_lab_meets_the_headline_figures() -> anyhow::Result<()> {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json"))?)?;
     let checks = json["checks"].as_array().cloned().unwrap_or_default();
-    assert_eq!(checks.len(), 8, "{json}");
-    // The asserted checks gate the exit code (checked above); here also in the JSON. The error/retry
-    // targets and the false-quarantine count are reported only: HAProxy cannot replay a CONNECT,
-    // which puts a floor under the crash and black-hole error rates (docs/lab.md).
+    assert_eq!(checks.len(), 17, "{json}");
+    // The asserted checks gate the exit code (checked above); here also in the JSON. The targets
+    // and the false-quarantine count are reported only: HAProxy cannot replay a CONNECT, which puts
+    // a floor under the tunnel error counts (the bound, docs/lab.md).
     let asserted: Vec<_> = checks.iter().filter(|c| c["asserted"] == true).collect();
-    assert_eq!(asserted.len(), 4, "{checks:?}");
+    assert_eq!(asserted.len(), 6, "{checks:?}");
     assert!(asserted.iter().all(|c| c["met"] == true), "{checks:?}");
+    // The two new figures, read from the rows themselves.
+    let runs = json["runs"].as_array().cloned().unwrap_or_default();
+    let row = |profile: &str, rung: &str| {
+        runs.iter()
+            .find(|r| r["profile"] == profile && r["fault"] == "Tunnel503" && r["rung"] == rung)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {profile} tunnel-503 {rung} row: {json}"))
+    };
+    let http = row("Http", "D");
+    let (errors, requests) = (
+        http["errors"].as_u64().unwrap_or(u64::MAX),
+        http["requests"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        requests > 0 && errors * 1000 < requests,
+        "plain HTTP tunnel-503 at (d): {errors}/{requests}"
+    );
+    let fallback = row("Connect", "E");
+    assert!(
+        fallback["errors"].as_u64().is_some_and(|e| e <= 1),
+        "client fallback: {fallback}"
+    );
+    assert!(
+        fallback["client_retries"].as_u64().is_some_and(|n| n > 0),
+        "client fallback: {fallback}"
+    );
     for c in checks.iter().filter(|c| c["asserted"] != true) {
         println!("target {}: met={} ({})", c["name"], c["met"], c["detail"]);
     }
