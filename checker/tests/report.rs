@@ -320,6 +320,8 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
     }
 
     // 3. A webhook that always fails: non-zero, the last report stays, no temp file left behind.
+    // The budget must fit all five attempts whatever the jitter: the waits are 1, 2, 4, 8 s ±50 %,
+    // at most 22.5 s together. With 20 s, one CI run drew 20.4 s and gave up after 4 attempts.
     let before = snapshot(out_dir.path());
     let hook = webhook(&[(500, None)]);
     let secret_dir = tempfile::tempdir()?;
@@ -333,7 +335,7 @@ fn report_from_a_day_of_events_with_slack_retries_and_failures() -> anyhow::Resu
             "--slack-webhook-url-file",
             secret.to_str().unwrap(),
             "--slack-timeout",
-            "20s",
+            "30s",
         ],
         &[],
     );
