@@ -128,7 +128,6 @@ pub async fn open_tunnel(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn parses_common_answers() {
@@ -193,32 +192,5 @@ mod tests {
         let mut long_line = b"HTTP/1.1 200 ".to_vec();
         long_line.extend(std::iter::repeat_n(b'a', 9000));
         assert_eq!(parse_response_head(&long_line, 8192), Err(HeadError::TooLong));
-    }
-
-    proptest! {
-        /// Feeding a valid head in any split gives "incomplete" until the end, then the same answer.
-        #[test]
-        fn split_reads_agree(status in 100u16..600, reason in "[A-Za-z ]{0,20}", hdrs in 0usize..4, cut in 0usize..200) {
-            let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
-            for i in 0..hdrs {
-                head.push_str(&format!("X-H{i}: v{i}\r\n"));
-            }
-            head.push_str("\r\n");
-            let bytes = head.as_bytes();
-            let cut = cut.min(bytes.len());
-            if cut < bytes.len() {
-                prop_assert_eq!(parse_response_head(&bytes[..cut], 8192), Ok(None));
-            }
-            let full = parse_response_head(bytes, 8192).unwrap().unwrap();
-            prop_assert_eq!(full, ResponseHead { status, len: bytes.len() });
-        }
-
-        /// Arbitrary bytes never panic, and an accepted head is never longer than the input.
-        #[test]
-        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
-            if let Ok(Some(h)) = parse_response_head(&data, 128) {
-                prop_assert!(h.len <= data.len() && h.len <= 128);
-            }
-        }
     }
 }
